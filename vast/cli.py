@@ -1,0 +1,108 @@
+"""The `run.py` entry point: config -> process group -> logging -> data checks -> the requested mode.
+
+User mistakes (config, paths, annotations, media) end the run with one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from vast.config import Config, check_data_paths, load_from_command_line
+from vast.engine import distributed
+from vast.engine.logging import setup_logging
+from vast.errors import VastError
+
+logger = logging.getLogger("vast")
+
+USER_ERROR_EXIT = 2
+
+
+def describe_batch(batch) -> dict[str, str]:
+    """Field -> shape or length, for the fields a batch actually carries."""
+    described = {}
+    for name in ("vision", "audio"):
+        value = getattr(batch, name)
+        if value is not None:
+            described[name] = "x".join(str(d) for d in value.shape)
+    for name in ("captions", "vision_captions", "audio_captions", "omni_captions", "subtitles", "questions", "answers"):
+        value = getattr(batch, name)
+        if value is not None:
+            described[name] = f"{len(value)} texts"
+    return described
+
+
+def inspect_data(config: Config, dist_info) -> list[dict]:
+    """Build every dataset, decode one batch of each, and report what the model would receive."""
+    from vast.data.loader import build_dataloader, build_dataset
+
+    report = []
+    for entry in config.train + config.val:
+        dataset = build_dataset(entry, config)
+        loader = build_dataloader(entry, config, dist_info, dataset)
+        started = time.perf_counter()
+        batch = next(iter(loader))
+        seconds = time.perf_counter() - started
+        if batch.skipped:
+            logger.warning("%s: %d item(s) of the first batch failed to decode, e.g. %s",
+                           entry.where, len(batch.skipped), batch.skipped[0])
+        row = {"dataset": entry.name, "split": entry.split, "task": entry.task.text,
+               "items": len(dataset), "batch": len(batch), "fields": describe_batch(batch),
+               "seconds": round(seconds, 2)}
+        logger.info("%s %s task=%s items=%d first batch (%d, %.2fs): %s", entry.split, entry.name,
+                    entry.task.text, len(dataset), len(batch), seconds,
+                    ", ".join(f"{k} {v}" for k, v in row["fields"].items()))
+        report.append(row)
+    return report
+
+
+def run(config: Config, dist_info) -> object:
+    mode = config.run_cfg.mode
+    if mode == "inspect":
+        return inspect_data(config, dist_info)
+    raise VastError(
+        f"mode '{mode}' needs the VAST model, which this version does not include yet; "
+        "use --mode inspect to check the config and data"
+    )
+
+
+def execute(config: Config, dist_info) -> object:
+    """Write hps.json, check every data path, then run the config's mode; returns the mode's result."""
+    if dist_info.is_main:
+        hps = config.write_hps(config.run_cfg.output_dir)
+        logger.info("config %s -> %s", config.config_path, hps)
+    logger.info("world size %d (backend %s), device %s", dist_info.world_size,
+                dist_info.backend or "none", dist_info.device)
+    check_data_paths(config)
+    result = run(config, dist_info)
+    distributed.barrier()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    rank = int(os.environ.get("RANK", "0") or 0)
+    try:
+        config = load_from_command_line(argv)
+    except VastError as error:
+        if rank == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+    dist_info = distributed.init_distributed()
+    output_dir = Path(config.run_cfg.output_dir)
+    setup_logging(output_dir, dist_info.is_main)
+    try:
+        execute(config, dist_info)
+    except VastError as error:
+        prefix = f"error (rank {dist_info.rank}): " if dist_info.world_size > 1 else "error: "
+        print(prefix + str(error), file=sys.stderr)
+        logging.getLogger("vast").error("%s", error)
+        return USER_ERROR_EXIT
+    finally:
+        distributed.shutdown()
+    return 0

@@ -1,0 +1,344 @@
+"""Turn media files into model-ready tensors: sampled video frames, images, and audio fbank slices.
+
+Decoding is PyAV for video and audio, PIL for still images; resizing and normalisation use
+torchvision's v2 functional ops and the filterbank is torchaudio's Kaldi-compatible fbank.
+Every failure a user can cause (a missing, unreadable or empty file) is a ``MediaError`` that
+names the file; a broken sample is never swapped for another one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torchaudio
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from vast.errors import DataError, MediaError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".flv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Filterbank statistics that BEATs was trained with; the audio encoder expects inputs scaled this way.
+AUDIO_MEAN = 15.41663
+AUDIO_STD = 6.55582
+SAMPLE_RATE = 16000
+
+logger = logging.getLogger(__name__)
+
+
+def find_media_file(folder, media_id: str, extensions) -> Path:
+    """Return ``folder/<media_id><ext>`` for the first extension that exists.
+
+    ``media_id`` may already carry one of the extensions. An extension of ``""`` matches
+    ``folder/<media_id>`` itself, which is how frame folders are found.
+    """
+    folder = Path(folder)
+    extensions = tuple(extensions)
+    candidates = [folder / f"{media_id}{extension}" for extension in extensions]
+    if Path(media_id).suffix.lower() in extensions:
+        candidates.insert(0, folder / media_id)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    tried = ", ".join(repr(extension) for extension in extensions)
+    raise DataError(f"{folder}: no media file for id {media_id!r} (tried extensions {tried})")
+
+
+def segment_indices(num_items: int, sample_num: int, training: bool, rng: random.Random) -> list[int]:
+    """Pick ``sample_num`` indices from ``range(num_items)``, one per contiguous near-equal segment.
+
+    Training picks a random item of each segment; evaluation picks each segment's middle item.
+    With fewer items than samples the last item repeats, so the result is always ``sample_num`` long.
+    """
+    if num_items <= 0:
+        raise ValueError(f"cannot sample from {num_items} items")
+    if sample_num <= 0:
+        raise ValueError(f"sample_num must be at least 1, got {sample_num}")
+    items = list(range(num_items)) + [num_items - 1] * max(0, sample_num - num_items)
+    size, remainder = divmod(len(items), sample_num)
+    segments = [
+        items[i * size + min(i, remainder) : (i + 1) * size + min(i + 1, remainder)]
+        for i in range(sample_num)
+    ]
+    if training:
+        return [rng.choice(segment) for segment in segments]
+    return [segment[(len(segment) + 1) // 2 - 1] for segment in segments]
+
+
+def _open_container(path) -> av.container.InputContainer:
+    if not Path(path).is_file():
+        raise MediaError(path, "file not found")
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as error:
+        reason = f"cannot be opened as media ({error.strerror}); it is corrupt, truncated or not audio/video"
+        raise MediaError(path, reason) from error
+
+
+def _count_video_frames(path) -> int:
+    with _open_container(path) as container:
+        if not container.streams.video:
+            raise MediaError(path, "has no video stream")
+        stream = container.streams.video[0]
+        if stream.frames > 0:
+            return stream.frames
+        # WebM and Matroska usually leave the frame count at 0; one packet per frame, and demuxing
+        # reads packets without decoding them. The final empty packet only flushes the decoder.
+        packet_count = 0
+        try:
+            for packet in container.demux(stream):
+                packet_count += packet.size > 0
+        except av.FFmpegError:
+            pass  # a truncated file; decoding finds the true count
+        return packet_count
+
+
+def _decode_video_frames(path, wanted: list[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode up to the last wanted index; return the wanted frames (rgb24 [H, W, 3]) and the count decoded."""
+    needed, last = set(wanted), max(wanted)
+    kept: dict[int, np.ndarray] = {}
+    decoded = 0
+    size = None
+    with _open_container(path) as container:
+        # No frame threading (thread_type "AUTO"): once torchvision installs PyAV's log callback, a frame
+        # thread logging a decode error while the codec is freed under the GIL deadlocks the process.
+        stream = container.streams.video[0]
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
+                size = size or (frame.width, frame.height)
+                if index in needed:
+                    # Reformatting to the first frame's size keeps a mid-stream resolution change stackable.
+                    kept[index] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+                if index == last:
+                    break
+        except av.FFmpegError as error:
+            logger.warning("%s: video decoding stopped after %d frames (%s)", path, decoded, error.strerror)
+    return kept, decoded
+
+
+def read_video_frames(path, sample_num: int, training: bool, rng: random.Random) -> torch.Tensor:
+    """Decode ``sample_num`` frames spread over the whole video: uint8 [F, 3, H, W]."""
+    frame_count = _count_video_frames(path)
+    if frame_count == 0:
+        raise MediaError(path, "has a video stream with no frames")
+    wanted = segment_indices(frame_count, sample_num, training, rng)
+    kept, decoded = _decode_video_frames(path, wanted)
+    if decoded <= max(wanted):
+        # The container promised more frames than decode (a truncated file): sample the real ones.
+        if decoded == 0:
+            raise MediaError(path, "has a video stream but no decodable frames; the file is likely corrupt")
+        wanted = segment_indices(decoded, sample_num, training, rng)
+        kept, _ = _decode_video_frames(path, wanted)
+    frames = np.stack([kept[index] for index in wanted])  # [F, H, W, 3]
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+
+
+def read_image(path) -> torch.Tensor:
+    """Load one image as uint8 [1, 3, H, W] RGB."""
+    if not Path(path).is_file():
+        raise MediaError(path, "file not found")
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))  # [H, W, 3]
+    except OSError as error:  # PIL.UnidentifiedImageError is an OSError too
+        raise MediaError(path, f"cannot be read as an image ({error})") from error
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def read_frame_folder(folder, sample_num: int, training: bool, rng: random.Random) -> torch.Tensor:
+    """Sample ``sample_num`` frames from a folder of image files (natural order): uint8 [F, 3, H, W]."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MediaError(folder, "frame folder not found")
+    image_paths = sorted(
+        (path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key
+    )
+    if not image_paths:
+        raise MediaError(folder, f"frame folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    wanted = segment_indices(len(image_paths), sample_num, training, rng)
+    loaded = {index: read_image(image_paths[index])[0] for index in set(wanted)}
+    first_shape = loaded[wanted[0]].shape
+    for index, frame in loaded.items():
+        if frame.shape != first_shape:
+            raise MediaError(
+                image_paths[index], f"frame size {tuple(frame.shape[1:])} differs from {tuple(first_shape[1:])}"
+            )
+    return torch.stack([loaded[index] for index in wanted])
+
+
+def _random_resized_crop_box(height: int, width: int, scale, ratio, rng: random.Random) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box sampling, drawn from ``rng`` so one clip shares one box."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_width = round((target_area * aspect) ** 0.5)
+        crop_height = round((target_area / aspect) ** 0.5)
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            return rng.randint(0, height - crop_height), rng.randint(0, width - crop_width), crop_height, crop_width
+    # No sampled box fit (e.g. a wide frame with a square ratio): fall back to the largest centred box.
+    input_ratio = width / height
+    if input_ratio < ratio[0]:
+        crop_width, crop_height = width, round(width / ratio[0])
+    elif input_ratio > ratio[1]:
+        crop_width, crop_height = round(height * ratio[1]), height
+    else:
+        crop_width, crop_height = width, height
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+class VisionTransform:
+    """Resize/crop/flip a clip to [F, 3, R, R] and normalise it; one random draw covers the whole clip."""
+
+    NAMES = ("none", "crop_flip")
+    CROP_SCALE = (0.8, 1.0)
+    CROP_RATIO = (1.0, 1.0)
+
+    def __init__(self, resolution: int, transforms: str, training: bool, mean=CLIP_MEAN, std=CLIP_STD):
+        if transforms not in self.NAMES:
+            raise DataError(f"unknown vision transforms {transforms!r}; choose one of {', '.join(self.NAMES)}")
+        self.resolution = resolution
+        self.transforms = transforms
+        self.training = training
+        self.mean = list(mean)
+        self.std = list(std)
+
+    def __call__(self, frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        size = [self.resolution, self.resolution]
+        if self.transforms == "none":
+            frames = TF.resize(frames, size, antialias=True)
+        elif self.training:
+            top, left, height, width = _random_resized_crop_box(
+                frames.shape[-2], frames.shape[-1], self.CROP_SCALE, self.CROP_RATIO, rng
+            )
+            frames = TF.resize(TF.crop(frames, top, left, height, width), size, antialias=True)
+            if rng.random() < 0.5:
+                frames = TF.hflip(frames)
+        else:
+            frames = TF.center_crop(TF.resize(frames, self.resolution, antialias=True), size)
+        frames = TF.to_dtype(frames, torch.float32, scale=True)  # [F, 3, R, R] in [0, 1]
+        return TF.normalize(frames, self.mean, self.std)
+
+
+def load_waveform(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Decode the first audio stream of any media file to float32 mono [S] at ``sample_rate``."""
+    chunks = []
+    with _open_container(path) as container:
+        if not container.streams.audio:
+            raise MediaError(path, "has no audio stream; use a file with sound or drop audio from this task")
+        stream = container.streams.audio[0]
+        # Keep the channels and average them ourselves: FFmpeg's own stereo-to-mono downmix scales
+        # each channel by 1/sqrt(2), which lifts identical channels past 1.0 and disagrees with torchaudio.
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+        try:
+            for frame in container.decode(stream):
+                chunks += [resampled.to_ndarray() for resampled in resampler.resample(frame)]  # [channels, n]
+        except av.FFmpegError as error:
+            # Same policy as video: a truncated tail ends the stream, the audio before it is kept.
+            logger.warning("%s: audio decoding stopped early (%s)", path, error.strerror)
+        chunks += [resampled.to_ndarray() for resampled in resampler.resample(None)]
+    if sum(chunk.shape[1] for chunk in chunks) == 0:
+        raise MediaError(path, "has an audio stream but no decodable samples")
+    return torch.from_numpy(np.concatenate(chunks, axis=1).mean(axis=0))
+
+
+def compute_fbank(waveform: torch.Tensor, melbins: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Kaldi log-mel filterbank of a mono waveform [S], normalised for BEATs: [T, melbins]."""
+    window = int(sample_rate * 0.025)
+    if waveform.numel() < window:
+        raise ValueError(f"audio has {waveform.numel()} samples, shorter than one 25 ms window ({window})")
+    # Kaldi features are defined on 16-bit integer amplitudes.
+    fbank = torchaudio.compliance.kaldi.fbank(
+        waveform[None] * 2**15,
+        num_mel_bins=melbins,
+        sample_frequency=sample_rate,
+        frame_length=25,
+        frame_shift=10,
+    )
+    return (fbank - AUDIO_MEAN) / (2 * AUDIO_STD)
+
+
+def slice_fbank(
+    fbank: torch.Tensor, sample_num: int, target_length: int, training: bool, rng: random.Random
+) -> torch.Tensor:
+    """Cut a filterbank [T, M] into ``sample_num`` windows of ``target_length`` rows: [C, target_length, M]."""
+    num_rows = fbank.shape[0]
+    # Pad with silence so there are at least sample_num whole windows and the tail fills a window.
+    padding = max(target_length * sample_num - num_rows, target_length - num_rows % target_length)
+    padded = torch.nn.functional.pad(fbank, (0, 0, 0, padding))
+    windows = padded.reshape(-1, target_length, fbank.shape[1])  # [T' / target_length, target_length, M]
+    chosen = segment_indices(windows.shape[0], sample_num, training, rng)
+    return windows[chosen]
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    """How to read and shape the vision input of one dataset."""
+
+    format: str  # "video_rawvideo" | "video_frame" | "image_rawimage"
+    sample_num: int
+    resolution: int = 224
+    transforms: str = "none"
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """How many fbank windows to take from a clip's audio, and their size."""
+
+    sample_num: int = 1
+    melbins: int = 64
+    target_length: int = 1024
+
+
+def _read_single_image(path, sample_num: int, training: bool, rng: random.Random) -> torch.Tensor:
+    return read_image(path)
+
+
+VISION_READERS = {
+    "video_rawvideo": read_video_frames,
+    "video_frame": read_frame_folder,
+    "image_rawimage": _read_single_image,
+}
+
+
+def load_vision(path, spec: VisionSpec, training: bool, rng: random.Random) -> torch.Tensor:
+    """Read a video, frame folder or image per ``spec`` and transform it: float32 [F, 3, R, R]."""
+    reader = VISION_READERS.get(spec.format)
+    if reader is None:
+        raise DataError(f"unknown vision format {spec.format!r}; choose one of {', '.join(VISION_READERS)}")
+    transform = VisionTransform(spec.resolution, spec.transforms, training, spec.mean, spec.std)
+    frames = reader(path, spec.sample_num, training, rng)  # uint8 [F, 3, H, W]
+    return transform(frames, rng)
+
+
+def load_audio(path, spec: AudioSpec, training: bool, rng: random.Random) -> torch.Tensor:
+    """Read a file's audio and cut its fbank per ``spec``: float32 [C, target_length, melbins]."""
+    waveform = load_waveform(path)
+    try:
+        fbank = compute_fbank(waveform, spec.melbins)  # [T, melbins]
+    except ValueError as error:
+        raise MediaError(path, f"audio too short ({error})") from error
+    return slice_fbank(fbank, spec.sample_num, spec.target_length, training, rng)
