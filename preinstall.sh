@@ -46,6 +46,6 @@ fi
 
 "$python" -m pip install -q --upgrade pip
 "$python" -m pip install -q -r requirements.txt
-"$python" -m pip install -q --no-deps --no-build-isolation -e .
+"$python" -m pip install -q --no-deps -e .
 echo "$wanted" > "$stamp"
 echo "preinstall: done ($prefix)"
