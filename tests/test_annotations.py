@@ -38,7 +38,7 @@ def test_retrieval_test_batch_flattens_reference_captions(demo_corpus, write_con
     assert batch.caption_ids == [r["video_id"] for r in rows for _ in r["desc"]]
     assert batch.subtitles == [r["subtitle"] for r in rows]
     assert batch.vision.shape == (4, 2, 3, 64, 64) and batch.vision.dtype == torch.float32
-    assert batch.audio.shape == (4, 1, 512, 64)
+    assert batch.audio.shape == (4, 1, 256, 64)
 
 
 def test_training_batch_picks_one_caption_per_video(demo_corpus, write_config):

@@ -47,7 +47,7 @@ def test_plain_python(inspect_config, tmp_path):
     hps = json.loads((out / "log" / "hps.json").read_text())
     assert hps["run_cfg"]["mode"] == "inspect" and hps["data_cfg"]["val"][0]["task"] == "cap%tvas"
     log = (out / "log" / "log.txt").read_text()
-    assert "world size 1" in log and "vision 4x2x3x64x64" in log and "audio 4x1x512x64" in log
+    assert "world size 1" in log and "vision 4x2x3x64x64" in log and "audio 4x1x256x64" in log
 
 
 def test_torchrun_two_processes(inspect_config, tmp_path):

@@ -194,3 +194,9 @@ def test_check_data_paths_names_the_missing_file(write_config, tmp_path):
     (tmp_path / "audios").mkdir()
     audio_only = dict(ok, task="ret%ta", vision=str(tmp_path / "no_videos"), audio=str(tmp_path / "audios"))
     check_data_paths(load_config(write_config([audio_only], [])))
+
+
+def test_derived_keys_land_in_the_blocks(write_config):
+    config = load_config(write_config([entry(vision_sample_num=6)], [entry("val")], run={"bf16": True}))
+    assert config.model_cfg["max_vision_sample_num"] == 6 and config.run_cfg["fp16"] is False
+    assert config.to_json()["model_cfg"]["max_vision_sample_num"] == 6

@@ -64,10 +64,9 @@ def run(config: Config, dist_info) -> object:
     mode = config.run_cfg.mode
     if mode == "inspect":
         return inspect_data(config, dist_info)
-    raise VastError(
-        f"mode '{mode}' needs the VAST model, which this version does not include yet; "
-        "use --mode inspect to check the config and data"
-    )
+    from vast.engine.trainer import run_training
+
+    return run_training(config, dist_info)
 
 
 def execute(config: Config, dist_info) -> object:

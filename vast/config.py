@@ -203,6 +203,9 @@ class Section(dict):
         except KeyError:
             raise AttributeError(key) from None
 
+    def __setattr__(self, key, value):
+        self[key] = value
+
 
 # --- data entries ----------------------------------------------------------------------------
 

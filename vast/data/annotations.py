@@ -129,9 +129,25 @@ class Batch:
     vision: torch.Tensor | None = None  # [B, F, 3, H, W]
     audio: torch.Tensor | None = None  # [B, C, T, M]
     skipped: list[str] = field(default_factory=list)  # media paths that failed to decode (training only)
+    # test batches: group name -> (every caption of the group's kind, the clip id of each)
+    group_captions: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def texts_for(self, group) -> list[str] | None:
+        """The captions of a group in a training batch, one per clip (see `texts_for_group`)."""
+        modalities = tuple(group.modalities)
+        if len(modalities) > 1 and self.omni_captions is not None:
+            return self.omni_captions
+        if modalities == (Modality.VISION,) and self.vision_captions is not None:
+            return self.vision_captions
+        if modalities == (Modality.AUDIO,) and self.audio_captions is not None:
+            return self.audio_captions
+        for texts in (self.captions, self.omni_captions, self.vision_captions, self.audio_captions):
+            if texts is not None:
+                return texts
+        return None
 
     def to(self, device) -> "Batch":
         for name in ("vision", "audio"):
@@ -265,13 +281,18 @@ class AnnotationDataset(Dataset):
                 if any(getattr(s, attr) for s in samples):
                     setattr(batch, attr, [pick(getattr(s, attr), it) for s, it in zip(samples, items)])
         else:
-            captions, caption_ids = [], []
-            for s in samples:
-                texts = texts_for_group(s, self.task.modalities)
-                captions += texts
-                caption_ids += [s.id] * len(texts)
-            if captions:
-                batch.captions, batch.caption_ids = captions, caption_ids
+            for modalities in [self.task.modalities] + [g.modalities for g in self.task.groups()]:
+                captions, caption_ids = [], []
+                for s in samples:
+                    texts = texts_for_group(s, modalities)
+                    captions += texts
+                    caption_ids += [s.id] * len(texts)
+                if not captions:
+                    continue
+                if modalities == self.task.modalities and batch.captions is None:
+                    batch.captions, batch.caption_ids = captions, caption_ids
+                name = "t" + "".join(m.value for m in modalities)
+                batch.group_captions[name] = (captions, caption_ids)
         return batch
 
     def _collate_qa(self, batch: Batch, samples: list[Sample], items: list[dict]) -> None:

@@ -46,7 +46,7 @@ import numpy as np
 
 from vast.errors import DataError, VastError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_CLIPS = 24
 TEST_FRACTION = 0.2
 
@@ -216,11 +216,11 @@ def make_annotations(clips: list[ClipSpec], seed: int) -> dict[str, object]:
 def render_frames(clip: ClipSpec, rng: np.random.Generator) -> np.ndarray:
     """The clip's picture: a circle moving along its path.  # [T, H, W, 3] uint8"""
     size = FRAME_SIZE
-    radius = 14 + int(rng.integers(-2, 3))
+    radius = 24 + int(rng.integers(-2, 3))  # large enough to cover several patches of a small ViT
     margin = radius + 6
     start = margin + rng.uniform(0, 8)
     end = size - margin - rng.uniform(0, 8)
-    cross = size / 2 + rng.uniform(-24, 24)  # position across the path
+    cross = size / 2 + rng.uniform(-12, 12)  # position across the path
     along = np.linspace(start, end, NUM_FRAMES)
     if clip.motion == "left to right":
         cx, cy = along, np.full(NUM_FRAMES, cross)

@@ -52,6 +52,7 @@ def init_distributed() -> DistInfo:
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
+    _feature_group()  # created now, at the same point on every rank
     return DistInfo(rank, world_size, local_rank, device, backend)
 
 
@@ -78,5 +79,73 @@ def all_gather_objects(value) -> list:
 
 
 def shutdown() -> None:
+    global _FEATURE_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _FEATURE_GROUP = None
+
+
+_FEATURE_GROUP = None
+
+
+def _feature_group():
+    """A communicator of its own for feature gathers: their backward all-reduce runs inside autograd,
+    where sharing DDP's communicator could interleave with its gradient buckets differently by rank."""
+    global _FEATURE_GROUP
+    if _FEATURE_GROUP is None:
+        _FEATURE_GROUP = dist.new_group()
+    return _FEATURE_GROUP
+
+
+def _row_counts(tensor: torch.Tensor) -> list[int]:
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count, group=_feature_group())
+    return [int(c) for c in counts]
+
+
+def _gather_padded(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """all_gather of tensors whose row counts differ by rank: pad to the largest, gather, unpad."""
+    longest = max(counts)
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded, group=_feature_group())
+    return torch.cat([g[:n] for g, n in zip(gathered, counts)], dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's rows (gloo has no
+    reduce_scatter, so the backward all-reduces the full gradient and keeps the local part)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        counts = _row_counts(tensor)
+        rank = dist.get_rank()
+        ctx.start, ctx.stop = sum(counts[:rank]), sum(counts[: rank + 1])
+        return _gather_padded(tensor, counts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=_feature_group())
+        return grad[ctx.start:ctx.stop]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows concatenated in rank order; gradients flow back to the rank that owns them."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    return _gather_padded(tensor.detach(), _row_counts(tensor))
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

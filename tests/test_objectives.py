@@ -1,0 +1,90 @@
+"""Contrastive loss over features gathered from all ranks: under 2-process gloo the loss and its
+gradients equal the 1-process values for the same global batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vast.objectives import _sample_negatives, contrastive_loss
+
+GLOBAL_BATCH, DIM = 8, 16
+
+
+def features(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(GLOBAL_BATCH, DIM, generator=generator), dim=-1)
+    cond = F.normalize(torch.randn(GLOBAL_BATCH, DIM, generator=generator), dim=-1)
+    return text, cond
+
+
+def single_process(label_smoothing):
+    text, cond = features()
+    text.requires_grad_(True)
+    cond.requires_grad_(True)
+    temperature = torch.tensor(0.07, requires_grad=True)
+    loss = contrastive_loss(text, cond, temperature, label_smoothing)
+    loss.backward()
+    return loss.detach(), text.grad, cond.grad, temperature.grad
+
+
+def _worker(rank, world, port, label_smoothing, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        text, cond = features()
+        rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+        local_text = text[rows].clone().requires_grad_(True)
+        local_cond = cond[rows].clone().requires_grad_(True)
+        temperature = torch.tensor(0.07, requires_grad=True)
+        loss = contrastive_loss(local_text, local_cond, temperature, label_smoothing)
+        loss.backward()
+        # DDP averages gradients over ranks; do the same for the shared temperature
+        temp_grad = temperature.grad.clone()
+        dist.all_reduce(temp_grad)
+        # plain numpy, not tensors: tensors travel through shared memory that dies with this process
+        queue.put((rank, loss.item(), (local_text.grad / world).numpy(), (local_cond.grad / world).numpy(),
+                   (temp_grad / world).numpy()))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_two_process_contrastive_equals_single_process(label_smoothing):
+    loss, text_grad, cond_grad, temp_grad = single_process(label_smoothing)
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=_worker, args=(r, 2, port, label_smoothing, queue)) for r in range(2)]
+    for p in processes:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in processes)
+    for p in processes:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    mean_loss = sum(r[1] for r in results) / 2
+    assert mean_loss == pytest.approx(loss.item(), abs=1e-6)
+    torch.testing.assert_close(torch.cat([torch.from_numpy(r[2]) for r in results]), text_grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([torch.from_numpy(r[3]) for r in results]), cond_grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(results[0][4]), temp_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_hard_negatives_never_pick_the_same_clip():
+    similarity = torch.randn(6, 6)
+    same = torch.eye(6, dtype=torch.bool)
+    same[0, 3] = True  # clip 3 is also clip 0 (e.g. two rows of one video)
+    for ratio in (0.0, 0.5, 1.0):
+        for _ in range(20):
+            picks = _sample_negatives(similarity, same, 0.07, random_ratio=ratio)
+            assert not same[torch.arange(6), picks].any()
+    assert _sample_negatives(similarity[:1, :1], torch.ones(1, 1, dtype=torch.bool), 0.07) is None

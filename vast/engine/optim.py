@@ -1,0 +1,61 @@
+"""Optimizer parameter groups (vision tower at clip_lr, no decay on norms and biases) and LR schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vast.config import Section
+
+
+def _no_decay(name: str, parameter: nn.Parameter) -> bool:
+    return parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") or "embedding" in name
+
+
+def parameter_groups(model: nn.Module, run_cfg: Section) -> list[dict]:
+    """Groups by (learning rate, weight decay): the vision tower trains at `clip_lr` as in VAST,
+    parameters whose name contains one of `new_params_name` at `new_lr` (when set), the rest at
+    `learning_rate`; norms, biases and embedding tables get no weight decay."""
+    groups: dict[tuple[float, float], list] = {}
+    new_names = [n for n in run_cfg.new_params_name if n]
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        lr = run_cfg.learning_rate
+        if name.startswith("vision_encoder."):
+            lr = run_cfg.clip_lr
+        if new_names and run_cfg.new_lr and any(n in name for n in new_names):
+            lr = run_cfg.new_lr
+        decay = 0.0 if _no_decay(name, parameter) else run_cfg.weight_decay
+        groups.setdefault((lr, decay), []).append(parameter)
+    return [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": decay}
+            for (lr, decay), params in groups.items()]
+
+
+def create_optimizer(model: nn.Module, run_cfg: Section) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, run_cfg)
+    betas = tuple(float(b) for b in run_cfg.betas)
+    if run_cfg.optim == "adam":
+        return torch.optim.Adam(groups, betas=betas)
+    return torch.optim.AdamW(groups, betas=betas)
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_ratio: float, kind: str) -> float:
+    """`warmup_linear`: linear warm-up then linear decay to 0; `warmup_cosine`: warm-up then cosine
+    decay to 0; `constant`: warm-up then flat."""
+    warmup = int(total_steps * warmup_ratio)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if kind == "warmup_linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "warmup_cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, run_cfg: Section):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, total_steps, run_cfg.warmup_ratio, run_cfg.scheduler))

@@ -1,0 +1,215 @@
+"""The training loop: mixed-dataset steps, AMP, accumulation, clipping, evaluation schedule, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from vast.config import Config
+from vast.data.loader import build_dataloader, build_dataset
+from vast.engine.distributed import DistInfo, barrier
+from vast.engine.optim import create_optimizer, create_scheduler
+from vast.errors import VastError
+from vast.evaluation.retrieval import evaluate_retrieval
+from vast.models.checkpoints import atomic_save
+from vast.models.build import build_model
+from vast.tasks import TaskType
+
+logger = logging.getLogger("vast")
+
+MAX_NONFINITE_STEPS = 5
+EVALUATORS = {TaskType.RETRIEVAL: evaluate_retrieval}
+
+
+def autocast_context(run_cfg, device: torch.device):
+    """bf16 / fp16 autocast where the device supports it; fp16 on CPU is not, so CPU runs fp32
+    unless bf16 is asked for."""
+    if device.type == "cuda" and (run_cfg.fp16 or run_cfg.bf16):
+        dtype = torch.bfloat16 if run_cfg.bf16 and torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu" and run_cfg.bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Trainer:
+    def __init__(self, config: Config, dist_info: DistInfo):
+        self.config = config
+        self.run_cfg = config.run_cfg
+        self.dist = dist_info
+        self.output_dir = Path(self.run_cfg.output_dir)
+        torch.manual_seed(int(self.run_cfg.seed) + dist_info.rank)
+        random.seed(int(self.run_cfg.seed) + dist_info.rank)
+        self.model = build_model(config).to(dist_info.device)
+        self.val_loaders = [build_dataloader(e, config, dist_info) for e in config.val]
+        self.skipped_media: list[str] = []
+        self.loss_weights = {"contra": float(config.model_cfg.contra_ratio), "itm": float(config.model_cfg.itm_ratio),
+                             "contra_label_smoothing": float(config.model_cfg.get("contra_label_smoothing", 0.0)),
+                             "itm_random_negative_ratio": float(config.model_cfg.get("itm_random_negative_ratio", 0.0))}
+        self.best: dict[str, float] = {}
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self, step: int) -> list[dict]:
+        self.model.eval()
+        records = []
+        for loader in self.val_loaders:
+            entry = loader.dataset.entry
+            started = time.perf_counter()
+            for task_type in entry.task.types:
+                if task_type not in EVALUATORS:
+                    raise VastError(f"{entry.where}: evaluation of '{task_type.value}' is not available yet")
+                with autocast_context(self.run_cfg, self.dist.device):
+                    results = EVALUATORS[task_type](self.model, loader, self.config.model_cfg)
+                for group, metrics in results.items():
+                    records.append({"step": step, "dataset": entry.name, "task": entry.task.text,
+                                    "type": task_type.value, "group": group, "metrics": metrics})
+            logger.info("evaluated %s at step %d in %.1fs", entry.name, step, time.perf_counter() - started)
+        if self.dist.is_main:
+            with open(self.output_dir / "log" / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                for record in records:
+                    handle.write(json.dumps(record) + "\n")
+                    logger.info("step %d %s %s %s", step, record["dataset"], record["group"], json.dumps(record["metrics"]))
+        return records
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def save(self, step: int, optimizer, scheduler, scaler, records: list[dict]) -> None:
+        if not self.dist.is_main:
+            return
+        ckpt_dir = self.output_dir / "ckpt"
+        if self.run_cfg.remove_before_ckpt:
+            for old in list(ckpt_dir.glob("model_step_*.pt")) + list(ckpt_dir.glob("training_state_*.pt")):
+                old.unlink()
+        state = self.model.state_dict()
+        atomic_save(state, ckpt_dir / f"model_step_{step}.pt")
+        atomic_save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()},
+                    ckpt_dir / f"training_state_{step}.pt")
+        if self.run_cfg.save_best:
+            for record in records:
+                name, value = best_metric(record)
+                key = f"{record['dataset']}_{record['group']}_{name}"
+                if value is not None and value > self.best.get(key, -math.inf):
+                    self.best[key] = value
+                    atomic_save(state, ckpt_dir / f"best_{key}.pt")
+                    logger.info("new best %s = %.2f at step %d", key, value, step)
+
+    # --- training ----------------------------------------------------------------------------
+
+    def _train_loaders(self):
+        loaders, steps = [], []
+        for entry in self.config.train:
+            dataset = build_dataset(entry, self.config)
+            loaders.append(build_dataloader(entry, self.config, self.dist, dataset))
+            steps.append(entry.steps or max(1, math.ceil(entry.epoch * len(dataset) / entry.batch_size)))
+        return loaders, steps
+
+    def train(self) -> list[dict]:
+        loaders, steps_per_dataset = self._train_loaders()
+        total = int(self.run_cfg.num_train_steps) or sum(steps_per_dataset)
+        # the same dataset order on every rank (all ranks must run the same groups each step)
+        order = [i for i, n in enumerate(steps_per_dataset) for _ in range(n)]
+        random.Random(int(self.run_cfg.seed)).shuffle(order)
+        order = (order * math.ceil(total / len(order)))[:total]
+        model = self.model
+        if self.dist.distributed and self.run_cfg.use_ddp:
+            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            model = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+        optimizer = create_optimizer(self.model, self.run_cfg)
+        scheduler = create_scheduler(optimizer, total, self.run_cfg)
+        scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.dist.device.type == "cuda"
+                                      and self.run_cfg.fp16 and not self.run_cfg.bf16)
+        accumulation = max(1, int(self.run_cfg.gradient_accumulation_steps))
+        eval_every = max(1, total // max(1, int(self.run_cfg.valid_freq)))
+        iterators = [None] * len(loaders)
+        epochs = [0] * len(loaders)
+        records: list[dict] = []
+        if self.run_cfg.first_eval and self.val_loaders:
+            records = self.evaluate(0)
+        logger.info("training %d steps over %d dataset(s); evaluation every %d steps", total, len(loaders), eval_every)
+        nonfinite = 0
+        started = time.perf_counter()
+        for step in range(total):
+            model.train()
+            for micro in range(accumulation):
+                batch = self._next_batch(loaders, iterators, epochs, order[step])
+                sync = micro == accumulation - 1 or not isinstance(model, DistributedDataParallel)
+                with (nullcontext() if sync else model.no_sync()), autocast_context(self.run_cfg, self.dist.device):
+                    losses = model(batch.to(self.dist.device), self.loss_weights)
+                    loss = losses["loss"] / accumulation
+                if not torch.isfinite(loss):
+                    break
+                scaler.scale(loss).backward()
+            if not torch.isfinite(loss):
+                nonfinite += 1
+                optimizer.zero_grad(set_to_none=True)
+                logger.warning("step %d: non-finite loss (%s); step skipped", step, loss.item())
+                if nonfinite >= MAX_NONFINITE_STEPS:
+                    raise VastError(f"the loss was not finite for {nonfinite} steps in a row; lower "
+                                    "learning_rate, or use bf16 instead of fp16")
+                continue
+            nonfinite = 0
+            if self.run_cfg.grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run_cfg.grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if (step + 1) % max(1, int(self.run_cfg.log_steps)) == 0 or step == 0:
+                parts = " ".join(f"{k} {v.item():.4f}" for k, v in sorted(losses.items()))
+                logger.info("step %d/%d %s lr %.2e temp %.4f (%.1fs)", step + 1, total, parts,
+                            scheduler.get_last_lr()[0], self.model.contra_temp.item(), time.perf_counter() - started)
+            if (step + 1) % eval_every == 0 or step + 1 == total:
+                records = self.evaluate(step + 1) if self.val_loaders else []
+                self.save(step + 1, optimizer, scheduler, scaler, records)
+        if self.skipped_media:
+            logger.warning("%d training item(s) skipped because their media failed to decode; first: %s",
+                           len(self.skipped_media), "; ".join(self.skipped_media[:3]))
+        barrier()
+        return records
+
+    def _next_batch(self, loaders, iterators, epochs, index):
+        while True:
+            if iterators[index] is None:
+                loader = loaders[index]
+                loader.sampler.set_epoch(epochs[index])
+                loader.dataset.set_epoch(epochs[index])
+                iterators[index] = iter(loader)
+            try:
+                batch = next(iterators[index])
+            except StopIteration:
+                iterators[index] = None
+                epochs[index] += 1
+                continue
+            self.skipped_media += batch.skipped
+            if len(batch):
+                return batch
+
+
+def best_metric(record: dict) -> tuple[str, float | None]:
+    """The figure `save_best` tracks for an evaluation record."""
+    metrics = record["metrics"]
+    for name in ("t2v_itm", "t2v_itc"):
+        if name in metrics:
+            return f"{name}_r1", metrics[name]["r1"]
+    for name in ("cider", "accuracy"):
+        if name in metrics:
+            return name, metrics[name]
+    return "none", None
+
+
+def run_training(config: Config, dist_info: DistInfo):
+    trainer = Trainer(config, dist_info)
+    if config.run_cfg.mode == "testing" or config.run_cfg.zero_shot:
+        return trainer.evaluate(0)
+    return trainer.train()

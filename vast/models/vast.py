@@ -1,0 +1,233 @@
+"""The VAST model: encode each modality, pool contrastive features, fuse memories, score and decode.
+
+Module names follow the released checkpoints (`vision_encoder.visual.*`, `audio_encoder.*`,
+`multimodal_encoder.{bert,cls}.*`, `contra_head_{t,v,a,s}`, `contra_head_{va,vs,vas}`, `itm_head`,
+`hidden_trans_{vision,audio,subtitle}_multimodal`, `{vision,audio}_frame_embedding`,
+`{vision,audio,subtitle}_type_embeddings`, `contra_temp`). Modalities and groups are data: each
+modality has one encoder, one pooling rule, one memory projection and one type embedding, and a
+group is the ordered list of the modalities it conditions on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vast.config import resolve_path
+from vast.errors import ConfigError
+from vast.models.audio import create_audio_encoder
+from vast.models.heads import ContrastiveHead, MatchHead
+from vast.models.text import create_text_encoder, load_tokenizer
+from vast.models.vision import create_vision_encoder
+from vast.tasks import MODALITY_ORDER, Modality, ModalityGroup
+
+logger = logging.getLogger(__name__)
+
+MODALITY_NAMES = {Modality.VISION: "vision", Modality.AUDIO: "audio", Modality.SUBTITLE: "subtitle"}
+
+
+@dataclass
+class TextTokens:
+    input_ids: torch.Tensor  # [N, L]
+    attention_mask: torch.Tensor  # [N, L]
+
+    def __getitem__(self, index) -> "TextTokens":
+        return TextTokens(self.input_ids[index], self.attention_mask[index])
+
+
+@dataclass
+class MediaTokens:
+    """Encoder outputs of a batch of clips, one entry per modality the task uses."""
+
+    vision: torch.Tensor | None = None  # [B, F, 1+P, Dv]
+    audio: torch.Tensor | None = None  # [B, C, P, Da]
+    subtitle: torch.Tensor | None = None  # [B, Ls, D] BERT output over the subtitle
+    subtitle_mask: torch.Tensor | None = None  # [B, Ls]
+
+    def get(self, modality: Modality) -> torch.Tensor:
+        value = getattr(self, MODALITY_NAMES[modality])
+        if value is None:
+            raise ConfigError(f"the batch has no {MODALITY_NAMES[modality]} input for this group")
+        return value
+
+    def __getitem__(self, index) -> "MediaTokens":
+        return MediaTokens(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                              for f in fields(self)})
+
+
+def _resolve_encoder(model_cfg: Mapping, kind: str, type_key: str):
+    """An explicit `<kind>_encoder_config` (JSON / checkpoint / folder) wins over the named type."""
+    explicit = model_cfg.get(f"{kind}_encoder_config")
+    if explicit:
+        return str(resolve_path(explicit))
+    return model_cfg[type_key]
+
+
+class VAST(nn.Module):
+    """Vision-Audio-Subtitle-Text model with contrastive, matching and generation heads."""
+
+    def __init__(self, model_cfg: Mapping):
+        super().__init__()
+        cfg = dict(model_cfg)
+        self.model_cfg = cfg
+        self.vision_encoder_config = _resolve_encoder(cfg, "vision", "vision_encoder_type")
+        self.vision_encoder = create_vision_encoder(self.vision_encoder_config, image_size=int(cfg["vision_resolution"]))
+        self.audio_encoder = create_audio_encoder(_resolve_encoder(cfg, "audio", "audio_encoder_type"))
+        self.multimodal_encoder = create_text_encoder(
+            _resolve_encoder(cfg, "text", "multimodal_encoder_type"), add_cross_attention=True, with_lm_head=True)
+        hidden = self.multimodal_encoder.bert.config.hidden_size
+        self.hidden_size = hidden
+        widths = {Modality.VISION: self.vision_encoder.width, Modality.AUDIO: self.audio_encoder.width,
+                  Modality.SUBTITLE: hidden}
+        self.modality_widths = widths
+        contra_dim = int(cfg["contra_dim"])
+
+        self.contra_head_t = ContrastiveHead(hidden, contra_dim)
+        for modality in MODALITY_ORDER:
+            setattr(self, f"contra_head_{modality.value}", ContrastiveHead(widths[modality], contra_dim))
+        for letters in cfg.get("omni_contra_groups", ["va", "vs", "vas"]):
+            group = ModalityGroup.parse("t" + letters)
+            setattr(self, f"contra_head_{letters}", nn.Linear(sum(widths[m] for m in group.modalities), contra_dim))
+        self.contra_temp = nn.Parameter(torch.tensor(0.07))
+        self.itm_head = MatchHead(hidden)
+        self.vision_frame_embedding = nn.Parameter(0.02 * torch.randn(1, int(cfg.get("max_vision_sample_num", 1)), hidden))
+        self.audio_frame_embedding = nn.Parameter(0.02 * torch.randn(1, int(cfg.get("max_audio_sample_num", 1)), hidden))
+        for modality, name in MODALITY_NAMES.items():
+            setattr(self, f"hidden_trans_{name}_multimodal",
+                    nn.Sequential(nn.Linear(widths[modality], hidden), nn.LayerNorm(hidden, eps=1e-12)))
+            setattr(self, f"{name}_type_embeddings", nn.Parameter(0.02 * torch.randn(1, 1, hidden)))
+
+        self.max_caption_len = int(cfg["max_caption_len"])
+        self.max_subtitle_len = int(cfg["max_subtitle_len"])
+        self.max_omni_caption_len = int(cfg.get("max_omni_caption_len", self.max_caption_len))
+        self.mask_subtitle_padding = bool(cfg.get("mask_subtitle_padding", False))
+        self.tokenizer = load_tokenizer(cfg.get("text_encoder_weights") or cfg["multimodal_encoder_type"])
+        if cfg.get("checkpointing"):
+            for module in (self.vision_encoder, self.audio_encoder, self.multimodal_encoder.bert):
+                module.set_grad_checkpointing(True)
+        self._frozen = {m for m, key in ((Modality.VISION, "frozen_vision"), (Modality.AUDIO, "frozen_audio"))
+                        if cfg.get(key)}
+        for modality in self._frozen:
+            self.encoder_for(modality).requires_grad_(False)
+
+    # --- bookkeeping -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.contra_temp.device
+
+    def encoder_for(self, modality: Modality) -> nn.Module:
+        return {Modality.VISION: self.vision_encoder, Modality.AUDIO: self.audio_encoder,
+                Modality.SUBTITLE: self.multimodal_encoder.bert}[modality]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for modality in self._frozen:  # frozen towers stay in eval mode (no dropout, fixed statistics)
+            self.encoder_for(modality).eval()
+        return self
+
+    # --- text --------------------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str], max_len: int | None = None) -> TextTokens:
+        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                                 max_length=max_len or self.max_caption_len, return_tensors="pt")
+        return TextTokens(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
+
+    def encode_text(self, tokens: TextTokens) -> torch.Tensor:
+        """Bidirectional BERT over text alone: hidden states [N, L, D]."""
+        return self.multimodal_encoder.bert(tokens.input_ids, tokens.attention_mask).last_hidden_state
+
+    def text_features(self, tokens: TextTokens) -> torch.Tensor:
+        """Contrastive text features [N, contra_dim], L2-normalised, from the [CLS] token."""
+        return F.normalize(self.contra_head_t(self.encode_text(tokens)[:, 0]), dim=-1)
+
+    # --- media -------------------------------------------------------------------------------
+
+    def encode_media(self, modalities, vision=None, audio=None, subtitles=None) -> MediaTokens:
+        """Run the encoders a group needs. vision [B,F,3,H,W], audio fbank [B,C,T,M], subtitles list[str]."""
+        tokens = MediaTokens()
+        if Modality.VISION in modalities:
+            if vision is None:
+                raise ConfigError("this group needs vision input but the batch has none")
+            b, f = vision.shape[:2]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and Modality.VISION not in self._frozen):
+                frames = self.vision_encoder(vision.flatten(0, 1))  # [B*F, 1+P, Dv]
+            tokens.vision = frames.reshape(b, f, *frames.shape[1:])
+        if Modality.AUDIO in modalities:
+            if audio is None:
+                raise ConfigError("this group needs audio input but the batch has none")
+            b, c = audio.shape[:2]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and Modality.AUDIO not in self._frozen):
+                clips = self.audio_encoder(audio.flatten(0, 1))  # [B*C, P, Da]
+            tokens.audio = clips.reshape(b, c, *clips.shape[1:])
+        if Modality.SUBTITLE in modalities:
+            if subtitles is None:
+                raise ConfigError("this group needs subtitles but the batch has none")
+            subtitle_tokens = self.tokenize(subtitles, self.max_subtitle_len)
+            tokens.subtitle = self.encode_text(subtitle_tokens)
+            tokens.subtitle_mask = subtitle_tokens.attention_mask
+        return tokens
+
+    def pooled(self, media: MediaTokens, modality: Modality) -> torch.Tensor:
+        """Per-modality contrastive input: mean of frame [CLS] tokens; mean of audio tokens; subtitle [CLS]."""
+        value = media.get(modality)
+        if modality is Modality.VISION:
+            return value[:, :, 0].mean(dim=1)
+        if modality is Modality.AUDIO:
+            return value.mean(dim=2).mean(dim=1)
+        return value[:, 0]
+
+    def condition_features(self, media: MediaTokens, group: ModalityGroup) -> torch.Tensor:
+        """Contrastive features of a group's condition side [B, contra_dim], L2-normalised."""
+        letters = "".join(m.value for m in group.modalities)
+        head = getattr(self, f"contra_head_{letters}", None)
+        if head is None:
+            raise ConfigError(f"group '{group}' has no contrastive head; add '{letters}' to model_cfg.omni_contra_groups")
+        pooled = torch.cat([self.pooled(media, m) for m in group.modalities], dim=-1)
+        return F.normalize(head(pooled), dim=-1)
+
+    def _modality_memory(self, media: MediaTokens, modality: Modality) -> torch.Tensor:
+        name = MODALITY_NAMES[modality]
+        projected = getattr(self, f"hidden_trans_{name}_multimodal")(media.get(modality))
+        if modality is not Modality.SUBTITLE:
+            # one learned embedding per frame / audio clip, resized (nearest) when the count differs
+            table = getattr(self, f"{name}_frame_embedding")
+            count = projected.shape[1]
+            per_segment = F.interpolate(table.float().permute(0, 2, 1), count, mode="nearest").permute(0, 2, 1)
+            projected = projected + per_segment.to(projected.dtype).unsqueeze(-2)  # [B, n, x, D]
+            projected = projected.flatten(1, 2)  # segment-major: [B, n*x, D]
+        return projected + getattr(self, f"{name}_type_embeddings")
+
+    def fusion_memory(self, media: MediaTokens, group: ModalityGroup) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[vision frames | audio clips | subtitle tokens] as the group selects: memory [B, M, D] and,
+        only when `mask_subtitle_padding` is on, a key mask [B, M] (the original attends to everything)."""
+        parts = [self._modality_memory(media, m) for m in group.modalities]
+        memory = torch.cat(parts, dim=1)
+        if not (self.mask_subtitle_padding and Modality.SUBTITLE in group):
+            return memory, None
+        masks = [torch.ones(p.shape[:2], dtype=torch.long, device=memory.device) for p in parts[:-1]]
+        return memory, torch.cat(masks + [media.subtitle_mask], dim=1)
+
+    # --- fusion ------------------------------------------------------------------------------
+
+    def fused_text(self, tokens: TextTokens, memory: torch.Tensor, memory_mask=None, **kwargs) -> torch.Tensor:
+        return self.multimodal_encoder.bert(
+            tokens.input_ids, tokens.attention_mask, encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask, **kwargs).last_hidden_state
+
+    def match_logits(self, tokens: TextTokens, memory: torch.Tensor, memory_mask=None,
+                     memory_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Match / no-match logits [N, 2] of each text with its memory (bidirectional + cross-attention);
+        with `memory_index`, text i is paired with memory[memory_index[i]]."""
+        return self.itm_head(self.fused_text(tokens, memory, memory_mask, memory_index=memory_index)[:, 0])
+
+    def forward(self, batch, loss_weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        """Training losses of a batch for every (type, group) of its task; see vast.objectives."""
+        from vast.objectives import task_losses
+
+        return task_losses(self, batch, loss_weights)

@@ -1,0 +1,133 @@
+"""Training objectives: contrastive (features from all ranks), matching with hard negatives.
+
+Each rank scores its own rows against every rank's columns; gathered tensors keep their autograd
+path to the owning rank, so averaging the ranks' gradients (DDP) gives exactly the gradient of the
+global-batch loss.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from vast.engine.distributed import gather_no_grad, gather_with_grad, rank_and_world
+from vast.errors import ConfigError
+from vast.tasks import ModalityGroup, TaskType
+
+
+def _owner_codes(ids: list[str], device) -> torch.Tensor:
+    """Stable integer codes of clip ids, comparable across ranks (positives share a clip)."""
+    return torch.tensor([zlib.crc32(i.encode()) for i in ids], dtype=torch.long, device=device)
+
+
+def _row_offset(rows: int, device) -> int:
+    """Index of this rank's first row in the gathered batch."""
+    rank, _ = rank_and_world()
+    counts = gather_no_grad(torch.tensor([rows], device=device)).tolist()
+    return int(sum(counts[:rank]))
+
+
+def contrastive_loss(text_feats: torch.Tensor, cond_feats: torch.Tensor, temperature: torch.Tensor,
+                     label_smoothing: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE between L2-normalised text [n, d] and condition [n, d] features, row i of
+    each being a positive pair; negatives are every other rank's rows too."""
+    all_text = gather_with_grad(text_feats)
+    all_cond = gather_with_grad(cond_feats)
+    targets = _row_offset(text_feats.shape[0], text_feats.device) + torch.arange(
+        text_feats.shape[0], device=text_feats.device)
+    text_to_cond = text_feats @ all_cond.t() / temperature  # [n, N]
+    cond_to_text = cond_feats @ all_text.t() / temperature  # [n, N]
+    return (F.cross_entropy(text_to_cond, targets, label_smoothing=label_smoothing)
+            + F.cross_entropy(cond_to_text, targets, label_smoothing=label_smoothing)) / 2
+
+
+def _sample_negatives(similarity: torch.Tensor, same_clip: torch.Tensor, temperature,
+                      random_ratio: float = 0.0) -> torch.Tensor | None:
+    """One negative per row from another clip: a hard one, drawn in proportion to softmax(similarity)
+    (the original), or, for a `random_ratio` share of the rows, a uniformly drawn one."""
+    if not bool((~same_clip).any(dim=1).all()):
+        return None
+    weights = torch.softmax(similarity.float() / temperature, dim=1).masked_fill(same_clip, 0.0)
+    weights = weights + (~same_clip).float() * 1e-12  # keep a draw possible if softmax underflows
+    if random_ratio > 0:
+        uniform = torch.rand(similarity.shape[0], device=similarity.device) < random_ratio
+        weights[uniform] = (~same_clip[uniform]).float()
+    return torch.multinomial(weights, 1).squeeze(1)
+
+
+def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, clip_codes, temperature,
+                  random_ratio: float = 0.0):
+    """Binary match loss over positives, (text, hard-negative clip) and (hard-negative text, clip)."""
+    all_cond = gather_no_grad(cond_feats)
+    all_text = gather_no_grad(text_feats)
+    all_codes = gather_no_grad(clip_codes)
+    same_clip = clip_codes[:, None] == all_codes[None, :]  # [n, N]
+    with torch.no_grad():
+        negative_clips = _sample_negatives(text_feats @ all_cond.t(), same_clip, temperature.detach(), random_ratio)
+        negative_texts = _sample_negatives(cond_feats @ all_text.t(), same_clip, temperature.detach(), random_ratio)
+    if negative_clips is None or negative_texts is None:
+        return None  # every clip of the global batch is this clip: no negative exists
+    all_memory = gather_with_grad(memory)  # [N, M, D]: each distinct clip memory once
+    all_ids = gather_no_grad(tokens.input_ids)
+    all_attention = gather_no_grad(tokens.attention_mask)
+    own_rows = _row_offset(memory.shape[0], memory.device) + torch.arange(memory.shape[0], device=memory.device)
+    input_ids = torch.cat([tokens.input_ids, tokens.input_ids, all_ids[negative_texts]])
+    attention = torch.cat([tokens.attention_mask, tokens.attention_mask, all_attention[negative_texts]])
+    # pairs: (text, its clip), (text, hard-negative clip), (hard-negative text, clip); each distinct
+    # memory is projected once however many pairs use it
+    used, memory_index = torch.unique(torch.cat([own_rows, negative_clips, own_rows]), return_inverse=True)
+    memory_masks = None if memory_mask is None else gather_no_grad(memory_mask)[used]
+    logits = model.match_logits(type(tokens)(input_ids, attention), all_memory[used], memory_masks, memory_index)
+    n = tokens.input_ids.shape[0]
+    labels = torch.cat([torch.ones(n), torch.zeros(2 * n)]).long().to(logits.device)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def caption_length(model, batch, group: ModalityGroup) -> int:
+    omni = group.is_omni and batch.omni_captions is not None
+    return model.max_omni_caption_len if omni else model.max_caption_len
+
+
+def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    groups = batch.task.groups(TaskType.RETRIEVAL)
+    modalities = {m for g in groups for m in g.modalities}
+    media = model.encode_media(modalities, batch.vision, batch.audio, batch.subtitles)
+    codes = _owner_codes(batch.ids, model.device)
+    text_cache: dict[tuple, tuple] = {}
+    losses = {}
+    for group in groups:
+        texts = batch.texts_for(group)
+        if texts is None:
+            raise ConfigError(f"dataset {batch.dataset}: no captions for group {group} (task {batch.task})")
+        key = (tuple(texts), caption_length(model, batch, group))
+        if key not in text_cache:
+            tokens = model.tokenize(texts, key[1])
+            text_cache[key] = (tokens, model.text_features(tokens))
+        tokens, text_feats = text_cache[key]
+        cond_feats = model.condition_features(media, group)
+        losses[f"contra_{group}"] = weights["contra"] * contrastive_loss(
+            text_feats, cond_feats, model.contra_temp, weights.get("contra_label_smoothing", 0.0))
+        if weights["itm"] > 0:
+            memory, memory_mask = model.fusion_memory(media, group)
+            itm = matching_loss(model, tokens, memory, memory_mask, text_feats.detach(), cond_feats.detach(),
+                                codes, model.contra_temp, weights.get("itm_random_negative_ratio", 0.0))
+            if itm is not None:
+                losses[f"itm_{group}"] = weights["itm"] * itm
+    return losses
+
+
+LOSSES_BY_TYPE = {TaskType.RETRIEVAL: retrieval_losses}
+
+
+def task_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Every loss of the batch's task; the total is under "loss"."""
+    losses = {}
+    for task_type in batch.task.types:
+        if task_type not in LOSSES_BY_TYPE:
+            raise ConfigError(f"dataset {batch.dataset}: training for task type '{task_type.value}' is not available yet")
+        losses.update(LOSSES_BY_TYPE[task_type](model, batch, weights))
+    losses["loss"] = sum(losses.values())
+    return losses
