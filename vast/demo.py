@@ -10,19 +10,25 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from vast.cli import USER_ERROR_EXIT, execute
 from vast.config import PROJECT_ROOT, load_config
+from vast.data.annotations import load_annotations, texts_for_group
 from vast.data.demo_corpus import build_demo_corpus
 from vast.engine import distributed
 from vast.engine.logging import setup_logging
 from vast.errors import VastError
+from vast.evaluation.captioning import coco_caption_scores, load_coco_references
+from vast.evaluation.qa import normalize_answer, qa_accuracy
 
 # The chain: (config, options) in order; each run's output feeds the next through --pretrain_dir.
 CHAIN = (
     ("pretrain-demo", {}),
     ("retrieval-demo", {"pretrain_dir": "pretrain-demo"}),
+    ("caption-demo", {"pretrain_dir": "pretrain-demo"}),
+    ("qa-demo", {"pretrain_dir": "pretrain-demo"}),
 )
 INSPECT_CONFIGS = ("pretrain-demo", "retrieval-demo", "caption-demo", "qa-demo", "captioner-demo")
 
@@ -50,29 +56,69 @@ def _relocate(config, data_dir: Path) -> None:
                 setattr(entry, key, str(data_dir / value[len("datasets/demo/"):]))
 
 
+def _demo_config(name: str, overrides: dict, args):
+    config = load_config(PROJECT_ROOT / "config" / "vast" / "demo" / f"{name}.json", overrides)
+    _relocate(config, Path(args.data_dir))
+    return config
+
+
 def _run(name: str, options: dict, args, dist_info):
-    config_path = PROJECT_ROOT / "config" / "vast" / "demo" / f"{name}.json"
     output_dir = Path(args.output_dir) / name
     overrides = {"output_dir": [str(output_dir)]}
     for key, value in options.items():
         overrides[key] = [str(Path(args.output_dir) / value) if key == "pretrain_dir" else str(value)]
-    config = load_config(config_path, overrides)
-    _relocate(config, Path(args.data_dir))
+    config = _demo_config(name, overrides, args)
     setup_logging(output_dir, dist_info.is_main)
-    if output_dir.exists() and config.run_cfg.mode == "training":
-        for stale in ("log/metrics.jsonl",):
-            (output_dir / stale).unlink(missing_ok=True)
+    if config.run_cfg.mode == "training":
+        (output_dir / "log" / "metrics.jsonl").unlink(missing_ok=True)  # a rerun appends to a fresh file
     return execute(config, dist_info)
+
+
+def _last(records: list[dict], task_type: str) -> list[dict]:
+    last = max(r["step"] for r in records)
+    return [r for r in records if r["step"] == last and r.get("type") == task_type]
+
+
+def caption_baseline(config) -> tuple[str, dict]:
+    """The most frequent training caption, given for every test clip, scored like the model."""
+    counts = Counter(text for entry in config.train for s in load_annotations(entry.txt)
+                     for text in texts_for_group(s, entry.task.modalities))
+    caption = counts.most_common(1)[0][0]
+    entry = config.val[0]
+    references = load_coco_references(entry.annfile)
+    clips = [s.id for s in load_annotations(entry.txt)]
+    return caption, coco_caption_scores(references, {clip: caption for clip in clips}, entry.annfile)
+
+
+def qa_baseline(config) -> tuple[str, dict]:
+    """The most frequent training answer, given for every test question."""
+    counts = Counter(normalize_answer(a) for entry in config.train for s in load_annotations(entry.txt) for a in s.answers)
+    answer = counts.most_common(1)[0][0]
+    records = [{"answer": a, "prediction": answer} for entry in config.val for s in load_annotations(entry.txt)
+               for a in s.answers]
+    return answer, qa_accuracy(records)
 
 
 def results_table(records: list[dict]) -> list[str]:
     """Retrieval results of the last evaluation: one row per modality group."""
-    last = max(r["step"] for r in records)
-    rows = [r for r in records if r["step"] == last and r.get("type") == "ret"]
+    rows = _last(records, "ret")
     lines = [f"{'group':<6} {'ITC R@1':>8} {'ITM R@1':>8} {'ITM R@5':>8} {'ITM R@10':>9} {'MedR':>5}"]
     for r in rows:
         itc, itm = r["metrics"]["t2v_itc"], r["metrics"].get("t2v_itm", r["metrics"]["t2v_itc"])
         lines.append(f"{r['group']:<6} {itc['r1']:>8.1f} {itm['r1']:>8.1f} {itm['r5']:>8.1f} {itm['r10']:>9.1f} {itm['medr']:>5.0f}")
+    return lines
+
+
+def generation_table(caption_records, qa_records, caption_base, qa_base) -> list[str]:
+    lines = [f"{'task':<22} {'group':<6} {'model':>7} {'baseline':>9}  baseline"]
+    for r in _last(caption_records, "cap"):
+        lines.append(f"{'captioning CIDEr':<22} {r['group']:<6} {r['metrics']['cider']:>7.1f} "
+                     f"{caption_base[1]['cider']:>9.1f}  most frequent training caption")
+        lines.append(f"{'captioning BLEU-4':<22} {r['group']:<6} {r['metrics']['bleu4']:>7.1f} "
+                     f"{caption_base[1]['bleu4']:>9.1f}  {caption_base[0]!r}")
+    for r in _last(qa_records, "qa"):
+        lines.append(f"{'QA accuracy':<22} {r['group']:<6} {r['metrics']['accuracy']:>7.1f} "
+                     f"{qa_base[1]['accuracy']:>9.1f}  most frequent answer {qa_base[0]!r}")
     return lines
 
 
@@ -115,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\ntext-to-video retrieval on the demo test split (R@k in %, after fine-tuning):")
         for line in results_table(results["retrieval-demo"]):
+            print("  " + line)
+        caption_base = caption_baseline(_demo_config("caption-demo", {}, args))
+        qa_base = qa_baseline(_demo_config("qa-demo", {}, args))
+        print("\ncaptioning and open-ended QA on the demo test split (x100), next to trivial baselines:")
+        for line in generation_table(results["caption-demo"], results["qa-demo"], caption_base, qa_base):
             print("  " + line)
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
