@@ -88,3 +88,4 @@ def test_checkpoint_round_trip_and_original_layout(tiny, tmp_path):
     # nearest resize from 8 to 4 slots keeps slots 0, 2, 4, 6
     torch.testing.assert_close(fresh.vision_frame_embedding[0], original["vision_frame_embedding"][0, ::2])
     torch.testing.assert_close(fresh.itm_head.linear1.weight, tiny.itm_head.linear1.weight)
+

@@ -41,7 +41,7 @@ INERT_OPTIONS = frozenset(
     min_length max_output_txt_len max_text_tokens scst_finetuning use_proposal_conv trainer_type
     concatenated_nums loss_type huggingface_trainer prompt model_cfg_file llm_type dual_softmax
     pool_video use_flash_attn qformer_question frozen_llm qformer_text_input evaluate_ret_text
-    pool_vision vision_perceiver_query_num beam_size_qa perceiver_mode vision_cut_frames""".split()
+    pool_vision vision_perceiver_query_num perceiver_mode vision_cut_frames""".split()
 )
 
 # Command-line options that change data entries: option -> (split, entry key). "both" = train and val.

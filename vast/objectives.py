@@ -1,4 +1,5 @@
-"""Training objectives: contrastive (features from all ranks), matching with hard negatives.
+"""Training objectives: contrastive (features from all ranks), matching with hard negatives,
+captioning and QA as causal masked language modelling.
 
 Each rank scores its own rows against every rank's columns; gathered tensors keep their autograd
 path to the owning rank, so averaging the ranks' gradients (DDP) gives exactly the gradient of the
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from vast.engine.distributed import gather_no_grad, gather_with_grad, rank_and_world
 from vast.errors import ConfigError
+from vast.models.vast import TextTokens
 from vast.tasks import ModalityGroup, TaskType
 
 
@@ -58,6 +60,15 @@ def _sample_negatives(similarity: torch.Tensor, same_clip: torch.Tensor, tempera
     return torch.multinomial(weights, 1).squeeze(1)
 
 
+def _pad_to_common_width(tokens: TextTokens) -> TextTokens:
+    """Pad every rank's token rows to the widest rank's length (padding is masked)."""
+    width = int(gather_no_grad(torch.tensor([tokens.input_ids.shape[1]], device=tokens.input_ids.device)).max())
+    extra = width - tokens.input_ids.shape[1]
+    if extra == 0:
+        return tokens
+    return TextTokens(F.pad(tokens.input_ids, (0, extra)), F.pad(tokens.attention_mask, (0, extra)))
+
+
 def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, clip_codes, temperature,
                   random_ratio: float = 0.0):
     """Binary match loss over positives, (text, hard-negative clip) and (hard-negative text, clip)."""
@@ -71,6 +82,7 @@ def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, cl
     if negative_clips is None or negative_texts is None:
         return None  # every clip of the global batch is this clip: no negative exists
     all_memory = gather_with_grad(memory)  # [N, M, D]: each distinct clip memory once
+    tokens = _pad_to_common_width(tokens)  # ranks pad their texts to different lengths
     all_ids = gather_no_grad(tokens.input_ids)
     all_attention = gather_no_grad(tokens.attention_mask)
     own_rows = _row_offset(memory.shape[0], memory.device) + torch.arange(memory.shape[0], device=memory.device)
@@ -119,7 +131,88 @@ def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, to
     return losses
 
 
-LOSSES_BY_TYPE = {TaskType.RETRIEVAL: retrieval_losses}
+def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_prob: float, mask_token_id: int,
+                vocab_size: int, first_random_id: int = 999, generator: torch.Generator | None = None):
+    """BERT-style masking of the `maskable` positions, vectorised: each is chosen with probability
+    `mask_prob` (at least one per row that has any), and of the chosen 80% become [MASK], 10% a random
+    token, 10% stay. Returns (masked ids, labels with -100 where nothing is predicted)."""
+    device = input_ids.device
+    draw = torch.rand(input_ids.shape, device=device, generator=generator)
+    chosen = (draw < mask_prob) & maskable
+    # a row with nothing chosen predicts its maskable position with the smallest draw
+    lowest = draw.masked_fill(~maskable, 2.0).argmin(dim=1)
+    empty = ~chosen.any(dim=1) & maskable.any(dim=1)
+    chosen[empty, lowest[empty]] = True
+    labels = input_ids.masked_fill(~chosen, -100)
+    action = torch.rand(input_ids.shape, device=device, generator=generator)
+    masked = input_ids.masked_fill(chosen & (action < 0.8), mask_token_id)
+    randomised = chosen & (action >= 0.8) & (action < 0.9)
+    random_ids = torch.randint(first_random_id, vocab_size, input_ids.shape, device=device, generator=generator)
+    masked = torch.where(randomised, random_ids, masked)
+    return masked, labels
+
+
+def masked_lm_loss(model, input_ids, attention_mask, labels, memory, memory_mask, **mask_kwargs) -> torch.Tensor:
+    """Cross-entropy of the chosen positions under a causal (or prefix) mask with cross-attention;
+    the LM head runs on the chosen positions only."""
+    hidden = model.fused_text(TextTokens(input_ids, attention_mask), memory, memory_mask, **mask_kwargs)
+    chosen = labels != -100
+    logits = model.multimodal_encoder.lm_logits(hidden[chosen])  # [n_chosen, V]
+    return F.cross_entropy(logits.float(), labels[chosen])
+
+
+def _media_and_groups(model, batch, task_type):
+    groups = batch.task.groups(task_type)
+    modalities = {m for g in groups for m in g.modalities}
+    return groups, model.encode_media(modalities, batch.vision, batch.audio, batch.subtitles)
+
+
+def caption_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Captioning: each group's caption, a random 60% of its tokens masked, predicted under a causal
+    mask with cross-attention to the group's fusion memory."""
+    groups, media = _media_and_groups(model, batch, TaskType.CAPTION)
+    tokenizer = model.tokenizer
+    losses = {}
+    for group in groups:
+        texts = batch.texts_for(group)
+        if texts is None:
+            raise ConfigError(f"dataset {batch.dataset}: no captions for group {group} (task {batch.task})")
+        tokens = model.tokenize(texts, caption_length(model, batch, group))
+        maskable = tokens.attention_mask.bool() & (tokens.input_ids != tokenizer.cls_token_id)
+        masked, labels = mask_tokens(tokens.input_ids, maskable, weights["caption_mask_prob"],
+                                     tokenizer.mask_token_id, len(tokenizer))
+        memory, memory_mask = model.fusion_memory(media, group)
+        losses[f"caption_{group}"] = weights["caption"] * masked_lm_loss(
+            model, masked, tokens.attention_mask, labels, memory, memory_mask, mask_mode="causal")
+    return losses
+
+
+def qa_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """QA: [question | answer] with the question as a bidirectional prefix and the answer causal;
+    answer tokens are masked as in captioning and predicted from the fusion memory."""
+    if batch.questions is None:
+        raise ConfigError(f"dataset {batch.dataset}: task {batch.task} needs question/answer annotations")
+    groups, media = _media_and_groups(model, batch, TaskType.QA)
+    # questions padded to max_question_len, so answers start at the same position in training and at test
+    questions = model.tokenize(batch.questions, model.max_question_len, pad_to_max=True)
+    answers = model.tokenize_answers(batch.answers)
+    input_ids = torch.cat([questions.input_ids, answers.input_ids], dim=1)
+    attention = torch.cat([questions.attention_mask, answers.attention_mask], dim=1)
+    maskable = torch.cat([torch.zeros_like(questions.attention_mask), answers.attention_mask], dim=1).bool()
+    tokenizer = model.tokenizer
+    losses = {}
+    video_index = torch.tensor(batch.question_video_index, device=model.device)
+    for group in groups:
+        masked, labels = mask_tokens(input_ids, maskable, weights["caption_mask_prob"], tokenizer.mask_token_id,
+                                     len(tokenizer))
+        memory, memory_mask = model.fusion_memory(media, group)
+        losses[f"qa_{group}"] = weights["qa"] * masked_lm_loss(
+            model, masked, attention, labels, memory, memory_mask, memory_index=video_index,
+            mask_mode="prefix", prefix_lengths=questions.input_ids.shape[1])
+    return losses
+
+
+LOSSES_BY_TYPE = {TaskType.RETRIEVAL: retrieval_losses, TaskType.CAPTION: caption_losses, TaskType.QA: qa_losses}
 
 
 def task_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,8 @@ from vast.data.loader import build_dataloader, build_dataset
 from vast.engine.distributed import DistInfo, barrier
 from vast.engine.optim import create_optimizer, create_scheduler
 from vast.errors import VastError
+from vast.evaluation.captioning import evaluate_captioning
+from vast.evaluation.qa import evaluate_qa
 from vast.evaluation.retrieval import evaluate_retrieval
 from vast.models.checkpoints import atomic_save
 from vast.models.build import build_model
@@ -26,7 +28,7 @@ from vast.tasks import TaskType
 logger = logging.getLogger("vast")
 
 MAX_NONFINITE_STEPS = 5
-EVALUATORS = {TaskType.RETRIEVAL: evaluate_retrieval}
+EVALUATORS = {TaskType.RETRIEVAL: evaluate_retrieval, TaskType.CAPTION: evaluate_captioning, TaskType.QA: evaluate_qa}
 
 
 def autocast_context(run_cfg, device: torch.device):
@@ -53,7 +55,10 @@ class Trainer:
         self.skipped_media: list[str] = []
         self.loss_weights = {"contra": float(config.model_cfg.contra_ratio), "itm": float(config.model_cfg.itm_ratio),
                              "contra_label_smoothing": float(config.model_cfg.get("contra_label_smoothing", 0.0)),
-                             "itm_random_negative_ratio": float(config.model_cfg.get("itm_random_negative_ratio", 0.0))}
+                             "itm_random_negative_ratio": float(config.model_cfg.get("itm_random_negative_ratio", 0.0)),
+                             "caption": float(config.model_cfg.get("caption_ratio", 1.0)),
+                             "qa": float(config.model_cfg.get("qa_ratio", 1.0)),
+                             "caption_mask_prob": float(config.model_cfg.get("caption_mask_prob", 0.6))}
         self.best: dict[str, float] = {}
 
     # --- evaluation --------------------------------------------------------------------------
@@ -65,10 +70,10 @@ class Trainer:
             entry = loader.dataset.entry
             started = time.perf_counter()
             for task_type in entry.task.types:
-                if task_type not in EVALUATORS:
-                    raise VastError(f"{entry.where}: evaluation of '{task_type.value}' is not available yet")
+                predictions: dict = {}
                 with autocast_context(self.run_cfg, self.dist.device):
-                    results = EVALUATORS[task_type](self.model, loader, self.config.model_cfg)
+                    results = EVALUATORS[task_type](self.model, loader, self.config.model_cfg, predictions)
+                self._write_predictions(entry.name, task_type, step, predictions)
                 for group, metrics in results.items():
                     records.append({"step": step, "dataset": entry.name, "task": entry.task.text,
                                     "type": task_type.value, "group": group, "metrics": metrics})
@@ -79,6 +84,15 @@ class Trainer:
                     handle.write(json.dumps(record) + "\n")
                     logger.info("step %d %s %s %s", step, record["dataset"], record["group"], json.dumps(record["metrics"]))
         return records
+
+    def _write_predictions(self, dataset: str, task_type: TaskType, step: int, predictions: dict) -> None:
+        """Generated captions / answers as JSON beside metrics.jsonl, one file per dataset, type and step."""
+        if not predictions or not self.dist.is_main:
+            return
+        path = self.output_dir / "log" / f"predictions_{dataset}_{task_type.value}_step{step}.json"
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(predictions, handle, indent=1, ensure_ascii=False)
+        logger.info("predictions written to %s", path)
 
     # --- checkpoints -------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ def _encode_pass(model, loader, groups, max_len):
             cond[group.name].append(model.condition_features(media, group).float().cpu())
             captions, owners = batch.group_captions.get(group.name, ([], []))
             if captions:
-                tokens = model.tokenize(captions, max_len(group))
+                tokens = model.tokenize(captions, max_len(group), pad_to_max=True)  # rows of all batches stack
                 feats = model.text_features(tokens).float().cpu()
                 texts[group.name].append((feats, tokens.input_ids.cpu(), tokens.attention_mask.cpu(), owners))
     return clip_ids, cond, texts
@@ -106,14 +106,16 @@ def _matching_pass(model, loader, groups, data, clip_index, pairs_by_group):
                 chunk = pairs[start:start + ITM_CHUNK]
                 text_rows = torch.tensor([t for t, _ in chunk])
                 clip_rows = torch.tensor([local[v] for _, v in chunk], device=memory.device)
-                tokens = TextTokens(d["input_ids"][text_rows].to(model.device), d["attention_mask"][text_rows].to(model.device))
+                attention = d["attention_mask"][text_rows]
+                width = int(attention.sum(dim=1).max())  # drop the chunk's all-padding columns (masked anyway)
+                tokens = TextTokens(d["input_ids"][text_rows, :width].to(model.device), attention[:, :width].to(model.device))
                 probs = model.match_logits(tokens, memory, memory_mask, clip_rows).float().softmax(dim=-1)[:, 1]
                 scores[group.name] += list(zip([t for t, _ in chunk], [v for _, v in chunk], probs.cpu().tolist()))
     return scores
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, loader, model_cfg) -> dict[str, dict]:
+def evaluate_retrieval(model, loader, model_cfg, predictions: dict | None = None) -> dict[str, dict]:
     """Metrics per group: text->clip (and clip->text when `ret_bidirection_evaluation`) for the
     contrastive scores (`itc`) and after matching-head reranking of the top candidates (`itm`)."""
     groups = loader.dataset.task.groups(TaskType.RETRIEVAL)

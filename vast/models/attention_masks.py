@@ -116,6 +116,14 @@ class KVCache:
         self.self_keys[layer], self.self_values[layer] = keys, values
         return keys, values
 
+    def truncate(self, length: int) -> "KVCache":
+        """Forget the self-attention keys/values after the first `length` positions."""
+        for store in (self.self_keys, self.self_values):
+            for i, tensor in enumerate(store):
+                if tensor is not None:
+                    store[i] = tensor[:, :, :length]
+        return self
+
     def _map(self, fn) -> "KVCache":
         for store in (self.self_keys, self.self_values, self.cross_keys, self.cross_values):
             for i, tensor in enumerate(store):

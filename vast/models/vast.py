@@ -21,6 +21,7 @@ from torch import nn
 from vast.config import resolve_path
 from vast.errors import ConfigError
 from vast.models.audio import create_audio_encoder
+from vast.models.generation import GenerationConfig, MaskSlotDecoder, generate
 from vast.models.heads import ContrastiveHead, MatchHead
 from vast.models.text import create_text_encoder, load_tokenizer
 from vast.models.vision import create_vision_encoder
@@ -105,6 +106,8 @@ class VAST(nn.Module):
         self.max_caption_len = int(cfg["max_caption_len"])
         self.max_subtitle_len = int(cfg["max_subtitle_len"])
         self.max_omni_caption_len = int(cfg.get("max_omni_caption_len", self.max_caption_len))
+        self.max_question_len = int(cfg.get("max_question_len", 30))
+        self.max_answer_len = int(cfg.get("max_answer_len", 10))
         self.mask_subtitle_padding = bool(cfg.get("mask_subtitle_padding", False))
         self.tokenizer = load_tokenizer(cfg.get("text_encoder_weights") or cfg["multimodal_encoder_type"])
         if cfg.get("checkpointing"):
@@ -133,10 +136,17 @@ class VAST(nn.Module):
 
     # --- text --------------------------------------------------------------------------------
 
-    def tokenize(self, texts: list[str], max_len: int | None = None) -> TextTokens:
-        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True,
+    def tokenize(self, texts: list[str], max_len: int | None = None, pad_to_max: bool = False) -> TextTokens:
+        """Token ids truncated to `max_len`, padded to the longest text (padding is masked, so the
+        outputs are those of padding to `max_len`) or, with `pad_to_max`, to `max_len` itself."""
+        encoded = self.tokenizer(list(texts), padding="max_length" if pad_to_max else "longest", truncation=True,
                                  max_length=max_len or self.max_caption_len, return_tensors="pt")
         return TextTokens(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
+
+    def tokenize_answers(self, answers: list[str]) -> TextTokens:
+        """Answer tokens without [CLS] (they follow the question): `answer [SEP] [PAD]...`."""
+        tokens = self.tokenize(answers, self.max_answer_len + 1, pad_to_max=True)
+        return tokens[:, 1:]
 
     def encode_text(self, tokens: TextTokens) -> torch.Tensor:
         """Bidirectional BERT over text alone: hidden states [N, L, D]."""
@@ -168,7 +178,8 @@ class VAST(nn.Module):
         if Modality.SUBTITLE in modalities:
             if subtitles is None:
                 raise ConfigError("this group needs subtitles but the batch has none")
-            subtitle_tokens = self.tokenize(subtitles, self.max_subtitle_len)
+            # always max_subtitle_len tokens: the fusion memory holds them, padding included (as the original)
+            subtitle_tokens = self.tokenize(subtitles, self.max_subtitle_len, pad_to_max=True)
             tokens.subtitle = self.encode_text(subtitle_tokens)
             tokens.subtitle_mask = subtitle_tokens.attention_mask
         return tokens
@@ -225,6 +236,30 @@ class VAST(nn.Module):
         """Match / no-match logits [N, 2] of each text with its memory (bidirectional + cross-attention);
         with `memory_index`, text i is paired with memory[memory_index[i]]."""
         return self.itm_head(self.fused_text(tokens, memory, memory_mask, memory_index=memory_index)[:, 0])
+
+    # --- generation --------------------------------------------------------------------------
+
+    def generate_text(self, media: MediaTokens, group: ModalityGroup, config: GenerationConfig,
+                      questions: list[str] | None = None, video_index: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None) -> list[list[str]]:
+        """Captions of each clip (no `questions`), or answers to `questions`, question i being about
+        clip `video_index[i]`. Returns, per caption / question, one text (greedy, beam) or
+        `config.num_samples` texts (sampling)."""
+        memory, memory_mask = self.fusion_memory(media, group)
+        if questions is not None:
+            index = torch.arange(len(questions), device=self.device) if video_index is None else video_index.to(self.device)
+            memory = memory[index]
+            memory_mask = None if memory_mask is None else memory_mask[index]
+            prefix = self.tokenize(questions, self.max_question_len, pad_to_max=True)
+        else:
+            cls = torch.full((memory.shape[0], 1), self.tokenizer.cls_token_id, dtype=torch.long, device=self.device)
+            prefix = TextTokens(cls, torch.ones_like(cls))
+        decoder = MaskSlotDecoder(self.multimodal_encoder, memory, memory_mask, prefix.input_ids, prefix.attention_mask,
+                                  self.tokenizer.mask_token_id, bidirectional_prefix=questions is not None,
+                                  use_cache=config.use_cache)
+        sequences = generate(decoder, config, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id, generator)
+        return [[self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in per_input]
+                for per_input in sequences]
 
     def forward(self, batch, loss_weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
         """Training losses of a batch for every (type, group) of its task; see vast.objectives."""

@@ -1,0 +1,112 @@
+"""Captioning and QA: COCO metrics, answer normalisation, reference files, and training + evaluation
+through run.py on the demo corpus (predictions written beside metrics.jsonl)."""
+
+import json
+
+import pytest
+
+from vast.errors import DataError
+from vast.evaluation.captioning import coco_caption_scores, load_coco_references
+from vast.evaluation.qa import normalize_answer, qa_accuracy
+
+from conftest import demo_entry
+from test_cli import run
+from test_training import read_metrics
+
+
+def test_normalize_answer():
+    assert normalize_answer("The Red.") == "red"
+    assert normalize_answer("  an  apple!! ") == "apple"
+    assert normalize_answer("left-to-right") == "lefttoright"
+    assert normalize_answer("Théâtre") == "théâtre"
+
+
+def test_qa_accuracy_normalised_and_raw():
+    records = [{"answer": "red", "prediction": "Red"}, {"answer": "the door", "prediction": "door"},
+               {"answer": "car", "prediction": "car"}, {"answer": "hum", "prediction": "hiss"}]
+    assert qa_accuracy(records) == {"accuracy": 75.0, "raw_accuracy": 25.0, "questions": 4}
+
+
+def test_coco_scores_rank_a_good_caption_above_a_bad_one():
+    refs = {"v1": ["a red circle moves from left to right", "a red circle slides to the right"],
+            "v2": ["a blue circle moves from top to bottom", "a blue circle travels down"]}
+    good = coco_caption_scores(refs, {"v1": "a red circle moves from left to right",
+                                      "v2": "a blue circle moves from top to bottom"})
+    bad = coco_caption_scores(refs, {"v1": "someone says door", "v2": "someone says door"})
+    assert set(good) >= {"bleu1", "bleu4", "meteor", "rouge_l", "cider"}
+    assert good["cider"] > 100 and bad["cider"] < 20
+    assert good["bleu4"] > bad["bleu4"] and good["meteor"] > bad["meteor"]
+
+
+def test_non_ascii_captions_are_scored():
+    refs = {"v1": ["un café crème au soleil", "le café brûlé"], "v2": ["naïve señor über straße"]}
+    scores = coco_caption_scores(refs, {"v1": "un café crème", "v2": "señor über straße"})
+    assert scores["cider"] > 0 and scores["bleu1"] > 0
+
+
+def test_reference_file_with_caption_lists_and_missing_references(tmp_path):
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps({"annotations": [{"video_id": "v1", "caption": ["one", "two"]},
+                                                {"image_id": 7, "caption": "three"}]}))
+    assert load_coco_references(path) == {"v1": ["one", "two"], "7": ["three"]}
+    with pytest.raises(DataError, match="no reference caption.*'v2'"):
+        coco_caption_scores(load_coco_references(path), {"v1": "one", "v2": "x"}, str(path))
+    path.write_text(json.dumps([{"video_id": "v1"}]))
+    with pytest.raises(DataError, match="COCO style"):
+        load_coco_references(path)
+
+
+def test_empty_reference_list_is_a_clear_error(demo_corpus, write_config, tmp_path):
+    rows = json.loads((demo_corpus / "annotations" / "cap_test.json").read_text())
+    rows[1]["desc"] = []
+    bad = tmp_path / "cap_bad.json"
+    bad.write_text(json.dumps(rows))
+    config = write_config(val=[demo_entry(demo_corpus, "val", str(bad), "cap%tv")])
+    result = run(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert "empty caption list" in result.stderr and "cap_bad.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_caption_and_qa_training_and_evaluation(demo_corpus, write_config, tmp_path):
+    """One run trains captioning and QA (a QA file without desc) and evaluates both: CIDEr etc. and
+    accuracy in metrics.jsonl, generated captions and answers as JSON beside it."""
+    train = [demo_entry(demo_corpus, "train", "cap_train.json", "cap%tvas", steps=2),
+             demo_entry(demo_corpus, "train", "qa_train.json", "qa%tv", steps=2)]
+    for entry in train:
+        entry.pop("epoch")
+    val = [demo_entry(demo_corpus, "val", "cap_test.json", "cap%tvas%tv", batch_size=8,
+                      annfile=str(demo_corpus / "annotations" / "cap_test_coco.json")),
+           demo_entry(demo_corpus, "val", "qa_test.json", "qa%tv", batch_size=8)]
+    config = write_config(train, val, run={"learning_rate": 1e-4, "valid_freq": 1, "first_eval": False, "log_steps": 1},
+                          model={"beam_size": 2, "max_caption_len": 8, "max_omni_caption_len": 8})
+    out = tmp_path / "run"
+    result = run(["--config", str(config), "--output_dir", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_metrics(out)
+    caption = [r for r in records if r["type"] == "cap"]
+    assert {r["group"] for r in caption} == {"tvas", "tv"}
+    assert all({"bleu4", "meteor", "rouge_l", "cider"} <= set(r["metrics"]) for r in caption)
+    qa = [r for r in records if r["type"] == "qa"]
+    test_clips = json.loads((demo_corpus / "annotations" / "qa_test.json").read_text())
+    questions = sum(len(row["question"]) for row in test_clips)
+    assert len(qa) == 1 and qa[0]["metrics"]["questions"] == questions == 4 * len(test_clips)
+    step = caption[0]["step"]
+    captions = json.loads((out / "log" / f"predictions_demo_cap_test_cap_step{step}.json").read_text())
+    assert set(captions) == {"tvas", "tv"} and len(captions["tv"]) == len(test_clips)
+    answers = json.loads((out / "log" / f"predictions_demo_qa_test_qa_step{step}.json").read_text())["tv"]
+    assert len(answers) == questions and {"question", "answer", "prediction", "video_id"} <= set(answers[0])
+    log = (out / "log" / "log.txt").read_text()
+    assert "caption_tvas" in log and "qa_tv" in log
+
+
+def test_captioner_mode_samples_several_captions_without_references(demo_corpus, write_config, tmp_path):
+    val = [demo_entry(demo_corpus, "val", "captioner_meta.json", "cap%tv", batch_size=8)]
+    config = write_config(val=val, model={"captioner_mode": True, "generate_nums": 3, "max_caption_len": 6})
+    out = tmp_path / "captioner"
+    result = run(["--config", str(config), "--output_dir", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = list((out / "log").glob("predictions_*_cap_step*.json"))
+    assert len(files) == 1
+    captions = json.loads(files[0].read_text())["tv"]
+    assert len(captions) == 24 and all(len(c) == 3 for c in captions.values())
