@@ -89,3 +89,39 @@ def test_checkpoint_round_trip_and_original_layout(tiny, tmp_path):
     torch.testing.assert_close(fresh.vision_frame_embedding[0], original["vision_frame_embedding"][0, ::2])
     torch.testing.assert_close(fresh.itm_head.linear1.weight, tiny.itm_head.linear1.weight)
 
+
+
+def evaclip_text_tower_keys(layers=12) -> dict[str, tuple]:
+    """The EVA01-CLIP-g/14 text tower as the release stores it (open_clip layout, width 768, 12 layers)."""
+    width, vocab, context, embed = 768, 49408, 77, 1024
+    keys = {"text.token_embedding.weight": (vocab, width), "text.positional_embedding": (context, width),
+            "text.ln_final.weight": (width,), "text.ln_final.bias": (width,), "text.text_projection": (width, embed),
+            "text.attn_mask": (context, context), "logit_scale": ()}
+    for i in range(layers):
+        block = f"text.transformer.resblocks.{i}."
+        keys.update({block + "attn.in_proj_weight": (3 * width, width), block + "attn.in_proj_bias": (3 * width,),
+                     block + "attn.out_proj.weight": (width, width), block + "attn.out_proj.bias": (width,),
+                     block + "ln_1.weight": (width,), block + "ln_1.bias": (width,),
+                     block + "mlp.c_fc.weight": (4 * width, width), block + "mlp.c_fc.bias": (4 * width,),
+                     block + "mlp.c_proj.weight": (width, 4 * width), block + "mlp.c_proj.bias": (width,),
+                     block + "ln_2.weight": (width,), block + "ln_2.bias": (width,)})
+    return keys
+
+
+def test_original_full_size_key_set_maps_with_no_missing_key():
+    """An original full-size checkpoint = our keys + the EVA text tower and logit scale, which are
+    the only keys dropped; loading it leaves nothing missing."""
+    cfg = model_cfg(**FULL_SIZE, text_encoder_weights="minilm_l6")
+    with torch.device("meta"):
+        model = VAST(cfg)
+    original = {k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()}
+    extra = {"vision_encoder." + k: torch.empty(shape, device="meta") for k, shape in evaclip_text_tower_keys().items()}
+    original.update(extra)
+    params = sum(v.numel() for k, v in original.items() if not k.endswith(("attn_mask", "decoder.weight", "decoder.bias")))
+    assert len(original) == 1287, len(original)
+    assert 1.35e9 < params < 1.39e9, params  # the paper's model with EVA's unused text tower
+    missing, unexpected = load_weights(model, original, "original layout")
+    assert missing == [] and unexpected == []
+    from vast.models.checkpoints import DROPPED_PREFIXES
+
+    assert {k for k in original if k.startswith(DROPPED_PREFIXES)} == set(extra)

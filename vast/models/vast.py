@@ -23,6 +23,7 @@ from vast.errors import ConfigError
 from vast.models.audio import create_audio_encoder
 from vast.models.generation import GenerationConfig, MaskSlotDecoder, generate
 from vast.models.heads import ContrastiveHead, MatchHead
+from vast.models.inference import InferenceMixin
 from vast.models.text import create_text_encoder, load_tokenizer
 from vast.models.vision import create_vision_encoder
 from vast.tasks import MODALITY_ORDER, Modality, ModalityGroup
@@ -69,8 +70,9 @@ def _resolve_encoder(model_cfg: Mapping, kind: str, type_key: str):
     return model_cfg[type_key]
 
 
-class VAST(nn.Module):
-    """Vision-Audio-Subtitle-Text model with contrastive, matching and generation heads."""
+class VAST(InferenceMixin, nn.Module):
+    """Vision-Audio-Subtitle-Text model with contrastive, matching and generation heads
+    (inference API: `embed_text`, `embed`, `match`, `caption`, `answer`; see vast.models.inference)."""
 
     def __init__(self, model_cfg: Mapping):
         super().__init__()

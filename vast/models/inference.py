@@ -1,0 +1,74 @@
+"""Tensor-level inference on a loaded VAST model: embed, match, caption, answer.
+
+Mixed into `VAST`. Inputs follow the training batches: vision [B, F, 3, H, W] (normalised frames),
+audio fbank [B, C, T, M] (BEATs-normalised slices), subtitles list[str] of length B. Every method
+runs without gradients and returns CPU-friendly results (tensors on the model's device, or strings).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vast.models.generation import GenerationConfig
+from vast.tasks import ModalityGroup
+
+MATCH_CHUNK = 256  # (text, clip) pairs scored per forward pass
+
+
+def _group(group: str | ModalityGroup) -> ModalityGroup:
+    return group if isinstance(group, ModalityGroup) else ModalityGroup.parse(group)
+
+
+class InferenceMixin:
+    def _media(self, group: ModalityGroup, vision, audio, subtitles):
+        to = (lambda x: None if x is None else x.to(self.device))
+        return self.encode_media(group.modalities, to(vision), to(audio), subtitles)
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str], max_len: int | None = None) -> torch.Tensor:
+        """Contrastive text embeddings [N, contra_dim], L2-normalised."""
+        return self.text_features(self.tokenize(list(texts), max_len or self.max_caption_len))
+
+    @torch.no_grad()
+    def embed(self, group, vision=None, audio=None, subtitles=None) -> torch.Tensor:
+        """Contrastive embeddings [B, contra_dim] of clips for a group such as "tv" or "tvas"."""
+        group = _group(group)
+        return self.condition_features(self._media(group, vision, audio, subtitles), group)
+
+    @torch.no_grad()
+    def match(self, texts: list[str], group, vision=None, audio=None, subtitles=None,
+              max_len: int | None = None) -> torch.Tensor:
+        """Matching-head probabilities [len(texts), B] that text i describes clip j."""
+        group = _group(group)
+        memory, memory_mask = self.fusion_memory(self._media(group, vision, audio, subtitles), group)
+        tokens = self.tokenize(list(texts), max_len or self.max_caption_len)
+        n, b = len(texts), memory.shape[0]
+        text_rows = torch.arange(n, device=self.device).repeat_interleave(b)
+        clip_rows = torch.arange(b, device=self.device).repeat(n)
+        scores = []
+        for start in range(0, n * b, MATCH_CHUNK):
+            rows = slice(start, start + MATCH_CHUNK)
+            logits = self.match_logits(tokens[text_rows[rows]], memory, memory_mask, clip_rows[rows])
+            scores.append(logits.float().softmax(dim=-1)[:, 1])
+        return torch.cat(scores).reshape(n, b)
+
+    @torch.no_grad()
+    def caption(self, group, vision=None, audio=None, subtitles=None, beam_size: int = 1,
+                max_len: int = 40) -> list[str]:
+        """One caption per clip: greedy (beam_size 1) or beam search."""
+        group = _group(group)
+        config = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
+                                  max_len=max_len, length_penalty=float(self.model_cfg.get("length_penalty", 0.6)))
+        texts = self.generate_text(self._media(group, vision, audio, subtitles), group, config)
+        return [t[0] for t in texts]
+
+    @torch.no_grad()
+    def answer(self, questions: list[str], group, vision=None, audio=None, subtitles=None,
+               beam_size: int = 1, max_len: int | None = None) -> list[str]:
+        """One answer per question; question i is about clip i (give the clip once per question)."""
+        group = _group(group)
+        media = self._media(group, vision, audio, subtitles)
+        config = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
+                                  max_len=max_len or self.max_answer_len + 1)
+        index = torch.arange(len(questions), device=self.device)
+        return [t[0] for t in self.generate_text(media, group, config, questions=list(questions), video_index=index)]
