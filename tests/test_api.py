@@ -100,3 +100,15 @@ def test_caption_and_answer_return_strings(run_dir, clips):
     assert captions == [d[0] for d in direct]
     answers = model.answer(["what color is the circle", "what word is spoken"], "tvas", **clips)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_load_clips_decodes_files_for_the_api(run_dir, demo_corpus):
+    _, model = run_dir
+    videos = sorted((demo_corpus / "videos").glob("*.mp4"))[:2]
+    vision, audio = model.load_clips(videos, videos, vision_sample_num=3)
+    assert vision.shape == (2, 3, 3, 64, 64) and audio.shape == (2, 1, 256, 64)
+    again, _ = model.load_clips(videos, vision_sample_num=3)
+    torch.testing.assert_close(vision, again)  # evaluation sampling: the same frames every time
+    assert model.embed("tva", vision=vision, audio=audio).shape == (2, 128)
+    with pytest.raises(DataError):
+        model.load_clips([demo_corpus / "videos" / "missing.mp4"])

@@ -175,9 +175,7 @@ class AnnotationDataset(Dataset):
         self.audio_dir = resolve_path(entry.audio) if entry.audio else None
         if (self.needs_vision or (self.needs_audio and not self.audio_dir)) and self.vision_dir is None:
             raise ConfigError(f"{entry.where}: task '{entry.task}' needs 'vision' (the media folder)")
-        mean, std = (media.CLIP_MEAN, media.CLIP_STD)
-        if not str(model_cfg.get("vision_encoder_type", "")).startswith(("clip", "evaclip", "eva")):
-            mean, std = (media.IMAGENET_MEAN, media.IMAGENET_STD)
+        mean, std = media.vision_normalisation(model_cfg.get("vision_encoder_type", ""))
         self.vision_spec = media.VisionSpec(
             format=entry.vision_format, sample_num=entry.vision_sample_num,
             resolution=int(model_cfg.get("vision_resolution", 224)),

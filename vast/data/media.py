@@ -324,6 +324,13 @@ VISION_READERS = {
 }
 
 
+def vision_normalisation(vision_encoder_type: str) -> tuple[tuple, tuple]:
+    """(mean, std) of the frames: CLIP's for the CLIP/EVA towers, ImageNet's otherwise."""
+    if str(vision_encoder_type).startswith(("clip", "evaclip", "eva")):
+        return CLIP_MEAN, CLIP_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 def load_vision(path, spec: VisionSpec, training: bool, rng: random.Random) -> torch.Tensor:
     """Read a video, frame folder or image per ``spec`` and transform it: float32 [F, 3, R, R]."""
     reader = VISION_READERS.get(spec.format)

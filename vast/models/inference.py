@@ -7,6 +7,8 @@ runs without gradients and returns CPU-friendly results (tensors on the model's 
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from vast.models.generation import GenerationConfig
@@ -20,6 +22,26 @@ def _group(group: str | ModalityGroup) -> ModalityGroup:
 
 
 class InferenceMixin:
+    def load_clips(self, vision_paths=None, audio_paths=None, vision_sample_num: int = 8,
+                   audio_sample_num: int = 1, vision_format: str = "video_rawvideo"):
+        """Decode media files as evaluation does (middle frame of each segment, middle fbank slice):
+        (vision [B, F, 3, R, R] or None, audio [B, C, T, M] or None). An audio path may be the video."""
+        from vast.data import media
+
+        rng = random.Random(0)  # evaluation sampling is deterministic; the generator is not used
+        cfg = self.model_cfg
+        vision = audio = None
+        if vision_paths:
+            mean, std = media.vision_normalisation(cfg.get("vision_encoder_type", ""))
+            spec = media.VisionSpec(format=vision_format, sample_num=vision_sample_num,
+                                    resolution=int(cfg["vision_resolution"]), mean=mean, std=std)
+            vision = torch.stack([media.load_vision(p, spec, False, rng) for p in vision_paths])
+        if audio_paths:
+            spec = media.AudioSpec(sample_num=audio_sample_num, melbins=int(cfg["audio_melbins"]),
+                                   target_length=int(cfg["audio_target_length"]))
+            audio = torch.stack([media.load_audio(p, spec, False, rng) for p in audio_paths])
+        return vision, audio
+
     def _media(self, group: ModalityGroup, vision, audio, subtitles):
         to = (lambda x: None if x is None else x.to(self.device))
         return self.encode_media(group.modalities, to(vision), to(audio), subtitles)
