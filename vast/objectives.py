@@ -105,8 +105,7 @@ def caption_length(model, batch, group: ModalityGroup) -> int:
 
 def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
     groups = batch.task.groups(TaskType.RETRIEVAL)
-    modalities = {m for g in groups for m in g.modalities}
-    media = model.encode_media(modalities, batch.vision, batch.audio, batch.subtitles)
+    media = model.encode_batch(batch, groups)
     codes = _owner_codes(batch.ids, model.device)
     text_cache: dict[tuple, tuple] = {}
     losses = {}
@@ -161,16 +160,11 @@ def masked_lm_loss(model, input_ids, attention_mask, labels, memory, memory_mask
     return F.cross_entropy(logits.float(), labels[chosen])
 
 
-def _media_and_groups(model, batch, task_type):
-    groups = batch.task.groups(task_type)
-    modalities = {m for g in groups for m in g.modalities}
-    return groups, model.encode_media(modalities, batch.vision, batch.audio, batch.subtitles)
-
-
 def caption_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
     """Captioning: each group's caption, a random 60% of its tokens masked, predicted under a causal
     mask with cross-attention to the group's fusion memory."""
-    groups, media = _media_and_groups(model, batch, TaskType.CAPTION)
+    groups = batch.task.groups(TaskType.CAPTION)
+    media = model.encode_batch(batch, groups)
     tokenizer = model.tokenizer
     losses = {}
     for group in groups:
@@ -192,7 +186,8 @@ def qa_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Ten
     answer tokens are masked as in captioning and predicted from the fusion memory."""
     if batch.questions is None:
         raise ConfigError(f"dataset {batch.dataset}: task {batch.task} needs question/answer annotations")
-    groups, media = _media_and_groups(model, batch, TaskType.QA)
+    groups = batch.task.groups(TaskType.QA)
+    media = model.encode_batch(batch, groups)
     # questions padded to max_question_len, so answers start at the same position in training and at test
     questions = model.tokenize(batch.questions, model.max_question_len, pad_to_max=True)
     answers = model.tokenize_answers(batch.answers)

@@ -91,12 +91,10 @@ def _spice_available() -> bool:
     return (Path(spice.__file__).parent / "lib" / f"{SPICE_LIB}.jar").exists()
 
 
-def _references(loader, group) -> tuple[dict[str, list[str]], str]:
-    entry = loader.dataset.entry
-    if entry.annfile:
-        return load_coco_references(entry.annfile), entry.annfile
+def _group_references(loader, group) -> dict[str, list[str]]:
+    """References of a group from the annotation file itself (no `annfile`)."""
     refs = {s.id: texts_for_group(s, group.modalities) for s in loader.dataset.samples}
-    return {clip: texts for clip, texts in refs.items() if texts}, entry.txt
+    return {clip: texts for clip, texts in refs.items() if texts}
 
 
 @torch.no_grad()
@@ -109,18 +107,22 @@ def evaluate_captioning(model, loader, model_cfg, predictions: dict) -> dict[str
     local: dict[str, dict] = {g.name: {} for g in groups}
     for batch in loader:
         batch = batch.to(model.device)
-        media = model.encode_media({m for g in groups for m in g.modalities}, batch.vision, batch.audio, batch.subtitles)
+        media = model.encode_batch(batch, groups)
         for group in groups:
             texts = model.generate_text(media, group, config, generator=generator)
             for clip, captions in zip(batch.ids, texts):
                 local[group.name][clip] = captions if config.strategy == "sample" else captions[0]
+    entry = loader.dataset.entry
+    annfile_references = load_coco_references(entry.annfile) if entry.annfile and config.strategy != "sample" else None
     results = {}
     for group in groups:
         merged = {clip: text for part in all_gather_objects(local[group.name]) for clip, text in part.items()}
         predictions[group.name] = merged
-        references, source = _references(loader, group)
-        if not references or config.strategy == "sample":
-            results[group.name] = {}
+        results[group.name] = {}
+        if config.strategy == "sample":  # captioner mode: several captions per clip, nothing to score
             continue
-        results[group.name] = coco_caption_scores(references, merged, source)
+        if annfile_references is not None:
+            results[group.name] = coco_caption_scores(annfile_references, merged, entry.annfile)
+        elif references := _group_references(loader, group):
+            results[group.name] = coco_caption_scores(references, merged, entry.txt)
     return results

@@ -51,7 +51,7 @@ def evaluate_qa(model, loader, model_cfg, predictions: dict) -> dict[str, dict]:
     local: dict[str, list] = {g.name: [] for g in groups}
     for batch in loader:
         batch = batch.to(model.device)
-        media = model.encode_media({m for g in groups for m in g.modalities}, batch.vision, batch.audio, batch.subtitles)
+        media = model.encode_batch(batch, groups)
         video_index = torch.tensor(batch.question_video_index, dtype=torch.long)
         for group in groups:
             answers = model.generate_text(media, group, config, questions=batch.questions, video_index=video_index)

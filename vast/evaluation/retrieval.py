@@ -45,10 +45,9 @@ def clip_to_text_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def _encode_pass(model, loader, groups, max_len):
     """Pass 1: pooled condition features per group, caption features/tokens per group, clip ids."""
     clip_ids, cond, texts = [], {g.name: [] for g in groups}, {g.name: [] for g in groups}
-    modalities = {m for g in groups for m in g.modalities}
     for batch in loader:
         batch.to(model.device)
-        media = model.encode_media(modalities, batch.vision, batch.audio, batch.subtitles)
+        media = model.encode_batch(batch, groups)
         clip_ids += batch.ids
         for group in groups:
             cond[group.name].append(model.condition_features(media, group).float().cpu())
@@ -91,10 +90,9 @@ def _matching_pass(model, loader, groups, data, clip_index, pairs_by_group):
     from vast.models.vast import TextTokens
 
     scores = {g.name: [] for g in groups}
-    modalities = {m for g in groups for m in g.modalities}
     for batch in loader:
         batch.to(model.device)
-        media = model.encode_media(modalities, batch.vision, batch.audio, batch.subtitles)
+        media = model.encode_batch(batch, groups)
         local = {clip_index[i]: row for row, i in enumerate(batch.ids)}
         for group in groups:
             pairs = [(t, v) for v in local for t in pairs_by_group[group.name].get(v, ())]

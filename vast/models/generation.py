@@ -172,39 +172,27 @@ def _beam_search(decoder: MaskSlotDecoder, config: GenerationConfig, sep_token_i
         candidates = (scores.reshape(-1, 1) + log_probs).reshape(batch, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # enough to refill k beams after [SEP]s
         top_scores, top_index = top_scores.tolist(), top_index.tolist()
-        keep_rows, keep_tokens, keep_scores = [], [], []
+        kept: list[tuple[int, int, float]] = []  # (row, token, score) of the next step's beams, k per input
         for b in range(batch):
-            kept = 0
+            beams = []
             for score, flat in zip(top_scores[b], top_index[b]):
-                if kept == k:
+                if done[b] or len(beams) == k or score == float("-inf"):  # sorted: the rest are no better
                     break
-                row, token = b * k + flat // vocab, flat % vocab
-                if done[b] or score == float("-inf"):
-                    keep_rows.append(b * k)
-                    keep_tokens.append(sep_token_id)
-                    keep_scores.append(float("-inf"))
-                    kept += 1
-                    continue
-                length = step + 1
+                row, token, length = b * k + flat // vocab, flat % vocab, step + 1
                 if token == sep_token_id or length == config.max_len:
                     ending = alive[row] if token == sep_token_id else alive[row] + [token]
                     finished[b].append((score / _length_penalty(length, config.length_penalty), ending))
-                    continue
-                keep_rows.append(row)
-                keep_tokens.append(token)
-                keep_scores.append(score)
-                kept += 1
-            while kept < k:  # every candidate ended: pad with dead beams
-                keep_rows.append(b * k)
-                keep_tokens.append(sep_token_id)
-                keep_scores.append(float("-inf"))
-                kept += 1
+                else:
+                    beams.append((row, token, score))
+            beams += [(b * k, sep_token_id, float("-inf"))] * (k - len(beams))  # dead beams fill the rest
+            kept += beams
             if not done[b] and len(finished[b]) >= k:
-                best_alive = max(keep_scores[-k:])
+                best_alive = max(score for _, _, score in beams)
                 worst_kept = sorted(s for s, _ in finished[b])[-k]
                 # the best a live beam can still reach is its score now, normalised at the longest length
                 done[b] = best_alive == float("-inf") or \
                     best_alive / _length_penalty(config.max_len, config.length_penalty) <= worst_kept
+        keep_rows, keep_tokens, keep_scores = (list(column) for column in zip(*kept))
         alive = [alive[r] + [t] for r, t in zip(keep_rows, keep_tokens)]
         scores = torch.tensor(keep_scores, device=device).reshape(batch, k)
         if all(done) or step == config.max_len - 1 or bool(torch.isinf(scores).all()):

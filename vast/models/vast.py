@@ -186,6 +186,11 @@ class VAST(InferenceMixin, nn.Module):
             tokens.subtitle_mask = subtitle_tokens.attention_mask
         return tokens
 
+    def encode_batch(self, batch, groups) -> MediaTokens:
+        """Encode the modalities that any of `groups` needs, once, for a collated batch."""
+        modalities = {m for g in groups for m in g.modalities}
+        return self.encode_media(modalities, batch.vision, batch.audio, batch.subtitles)
+
     def pooled(self, media: MediaTokens, modality: Modality) -> torch.Tensor:
         """Per-modality contrastive input: mean of frame [CLS] tokens; mean of audio tokens; subtitle [CLS]."""
         value = media.get(modality)
