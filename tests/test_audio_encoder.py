@@ -142,6 +142,68 @@ def test_relative_position_buckets_follow_the_t5_formula():
         )
 
 
+def _t5_bucket(offset: int, num_buckets: int, max_distance: int) -> int:
+    """Bucket of one (key - query) offset: a half of the buckets per sign, a half of those exact, then log-spaced."""
+    half = num_buckets // 2
+    exact = half // 2
+    base, distance = (half if offset > 0 else 0), abs(offset)
+    if distance < exact:
+        return base + distance
+    spread = int(math.log(distance / exact) / math.log(max_distance / exact) * (half - exact))
+    return base + min(half - 1, exact + spread)
+
+
+def functional_beats(sd: dict, cfg: dict, fbank: torch.Tensor) -> torch.Tensor:
+    """BEATs (post-LN, DeepNorm, gated relative bias) on the raw tensors of an official state dict, in plain ops."""
+    b = fbank.shape[0]
+    d, h, num_layers = cfg["encoder_embed_dim"], cfg["encoder_attention_heads"], cfg["encoder_layers"]
+    x = F.conv2d(fbank[:, None], sd["patch_embedding.weight"], stride=cfg["input_patch_size"])  # [B, E, T/p, M/p]
+    x = x.flatten(2).transpose(1, 2)  # token index = time_patch * (M/p) + freq_patch
+    x = F.layer_norm(x, x.shape[-1:], sd["layer_norm.weight"], sd["layer_norm.bias"], eps=1e-5)
+    x = F.linear(x, sd["post_extract_proj.weight"], sd["post_extract_proj.bias"])
+    g, v = sd["encoder.pos_conv.0.weight_g"], sd["encoder.pos_conv.0.weight_v"]
+    weight = g * v / v.pow(2).sum(dim=(0, 1), keepdim=True).sqrt()  # weight norm: one norm per kernel tap
+    conv = F.conv1d(x.transpose(1, 2), weight, sd["encoder.pos_conv.0.bias"], padding=v.shape[-1] // 2,
+                    groups=cfg["conv_pos_groups"])
+    x = x + F.gelu(conv[..., : x.shape[1]]).transpose(1, 2)  # an even kernel yields one frame too many
+    x = F.layer_norm(x, (d,), sd["encoder.layer_norm.weight"], sd["encoder.layer_norm.bias"], eps=1e-5)
+    t = x.shape[1]
+    buckets = torch.tensor([[_t5_bucket(j - i, cfg["num_buckets"], cfg["max_distance"]) for j in range(t)]
+                            for i in range(t)])
+    bias = sd["encoder.layers.0.self_attn.relative_attention_bias.weight"][buckets].permute(2, 0, 1)  # [H, T, T]
+    alpha = (2 * num_layers) ** 0.25
+    for i in range(num_layers):
+        p = lambda name: sd[f"encoder.layers.{i}.{name}"]  # noqa: E731
+        linear = lambda y, name: F.linear(y, p(name + ".weight"), p(name + ".bias"))  # noqa: E731
+        q, k, val = (linear(x, f"self_attn.{n}_proj").view(b, t, h, d // h).transpose(1, 2) for n in "qkv")
+        g8 = linear(q, "self_attn.grep_linear")  # [B, H, T, 8], from the unscaled query
+        gate_a, gate_b = torch.sigmoid(g8[..., :4].sum(-1, keepdim=True)), torch.sigmoid(g8[..., 4:].sum(-1, keepdim=True))
+        gate = gate_a * (gate_b * p("self_attn.grep_a") - 1.0) + 2.0  # [B, H, T, 1]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)
+        # The reference shifts each row by its max (and works at 1/32 scale) for fp16 headroom: softmax is unchanged.
+        scores = scores - scores.amax(-1, keepdim=True)
+        mixed = (torch.softmax(scores + gate * bias, dim=-1) @ val).transpose(1, 2).reshape(b, t, d)
+        x = F.layer_norm(alpha * x + linear(mixed, "self_attn.out_proj"), (d,), p("self_attn_layer_norm.weight"),
+                         p("self_attn_layer_norm.bias"), eps=1e-5)
+        ffn = linear(F.gelu(linear(x, "fc1")), "fc2")
+        x = F.layer_norm(alpha * x + ffn, (d,), p("final_layer_norm.weight"), p("final_layer_norm.bias"), eps=1e-5)
+    return x
+
+
+def test_official_weights_compute_beats_written_out_in_plain_ops(official_checkpoint):
+    path, official = official_checkpoint
+    model = load_beats(path)
+    torch.manual_seed(3)
+    # 520 frames: 32 time patches (the last 8 frames are cropped) x 4 mel patches = 128 tokens, so offsets
+    # run past max_distance (64) into the shared last bucket.
+    fbank = torch.randn(2, 520, 64)
+    with torch.no_grad():
+        tokens = model(fbank)
+        assert tokens.shape == (2, 128, SMALL_CFG["encoder_embed_dim"])
+        torch.testing.assert_close(tokens, functional_beats(official, SMALL_CFG, fbank), rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(fbank[:, :512]), tokens, rtol=0, atol=0)
+
+
 def _layer_input(model: BEATs, length: int = 12, batch: int = 2) -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(batch, length, model.width)
@@ -221,20 +283,23 @@ def test_positional_conv_is_weight_normed_over_the_kernel_axis_and_drops_the_las
     torch.testing.assert_close(model.encoder.pos_conv(x), F.gelu(full[..., :-1]))
 
 
-def test_extract_features_equals_forward_on_normalised_kaldi_fbank():
+@pytest.mark.parametrize("samples", [16000, 16000 + 123])  # 1 s, and a length that is no whole number of hops
+def test_extract_features_equals_forward_on_normalised_kaldi_fbank(samples):
     model = tiny().eval()
     torch.manual_seed(2)
-    waveform = 0.3 * torch.randn(2, 16000)  # 1 s at 16 kHz
+    waveform = 0.3 * torch.randn(2, samples)
     fbanks = [
         torchaudio.compliance.kaldi.fbank(w[None] * 32768, num_mel_bins=128, sample_frequency=16000,
                                           frame_length=25, frame_shift=10)
         for w in waveform
     ]
-    fbank = (torch.stack(fbanks) - 15.41663) / (2 * 6.55582)  # [2, 98, 128]
+    fbank = (torch.stack(fbanks) - 15.41663) / (2 * 6.55582)  # [2, T, 128]
+    frames = 1 + (samples - 400) // 160  # whole 25 ms windows every 10 ms; the tail is dropped
+    assert fbank.shape[1] == frames
     with torch.no_grad():
         tokens = model.extract_features(waveform)
         torch.testing.assert_close(tokens, model(fbank), rtol=0, atol=0)
-    assert tokens.shape == (2, (98 // 16) * 8, 128)
+    assert tokens.shape == (2, (frames // 16) * 8, 128)
 
 
 @pytest.mark.parametrize("melbins", [64, 128])

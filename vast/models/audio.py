@@ -31,10 +31,11 @@ from vast.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-# Defaults as in VAST's copy of the reference (which VAST built with `BEATsConfig()`): the iter3 architecture.
-# Microsoft's upstream defaults differ (input_patch_size -1, deep_norm / relative_position_embedding /
-# gru_rel_pos False, max_distance 1280, no input dropout or layerdrop), but the released checkpoints' cfg
-# dicts set every architecture key, so a loaded checkpoint builds the same model either way.
+# Defaults: the iter3 architecture, as some copies of VAST's BEATs file set them. Microsoft's upstream
+# defaults differ (input_patch_size -1, deep_norm / relative_position_embedding / gru_rel_pos False,
+# max_distance 1280, no input dropout or layerdrop). VAST itself builds the encoder from the checkpoint's
+# own cfg (`BEATsConfig(checkpoint['cfg'])`, then a strict load), and so does load_beats; the released
+# cfg dicts set every architecture key, so the defaults never decide a loaded model's shape.
 _CONFIG_DEFAULTS: dict = {
     "input_patch_size": 16,  # patch size of the fbank patch embedding
     "embed_dim": 512,  # patch embedding width
@@ -225,11 +226,13 @@ class MultiheadAttention(nn.Module):
 
     def position_bias(self, length: int) -> torch.Tensor:
         """Bucketed relative position bias for a sequence of `length` tokens: [H, T, T]."""
-        positions = torch.arange(length, device=self.relative_attention_bias.weight.device)
-        relative = positions[None, :] - positions[:, None]  # [T(query), T(key)]: key - query
         table = self.relative_attention_bias
+        # Buckets are computed on the CPU, as the reference does, whatever device holds the table: the
+        # float32 log of another backend could round an offset that sits near a bucket edge differently.
+        positions = torch.arange(length)
+        relative = positions[None, :] - positions[:, None]  # [T(query), T(key)]: key - query
         buckets = relative_position_bucket(relative, table.num_embeddings, self.max_distance)
-        return table(buckets).permute(2, 0, 1)
+        return table(buckets.to(table.weight.device)).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None) -> torch.Tensor:
         """x [B, T, D], position_bias [H, T, T] or None -> [B, T, D]."""
@@ -393,7 +396,10 @@ class BEATs(nn.Module):
         self.encoder.grad_checkpointing = enable
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        """fbank [B, T, M], already normalised -> tokens [B, P, D]; T and M are floored to multiples of 16."""
+        """fbank [B, T, M], already normalised -> tokens [B, P, D], P = (T // p) * (M // p), p the patch size (16).
+
+        As in the reference, the strided patch convolution drops the last T % p frames and M % p bins.
+        """
         patches = self.patch_embedding(fbank.unsqueeze(1).to(self.patch_embedding.weight.dtype))  # [B, C, T/16, M/16]
         tokens = self.layer_norm(patches.flatten(2).transpose(1, 2))  # [B, P, C], time-major
         if self.post_extract_proj is not None:
@@ -401,7 +407,12 @@ class BEATs(nn.Module):
         return self.encoder(self.dropout_input(tokens))  # [B, P, D]
 
     def extract_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """waveform [B, S] at 16 kHz in [-1, 1] -> tokens [B, P, D], with BEATs' own 128-bin fbank."""
+        """waveform [B, S] at 16 kHz in [-1, 1] -> tokens [B, P, D], with BEATs' own 128-bin fbank.
+
+        Every waveform in the batch has the same length (no padding mask, which VAST never uses). Unlike
+        the reference's method of the same name, this returns the tokens even for a fine-tuned checkpoint;
+        the AudioSet head (`predictor`) is not applied.
+        """
         fbank = torch.stack([compute_fbank(wave, melbins=128) for wave in waveform.float()])  # [B, T, 128]
         return self(fbank)
 

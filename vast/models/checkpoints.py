@@ -72,10 +72,11 @@ def load_weights(model: nn.Module, state: dict, source: str = "checkpoint") -> t
             state[name] = _resize_frame_embedding(state[name], own[name])
     pos_key = "vision_encoder.visual.pos_embed"
     if pos_key in state and pos_key in own and state[pos_key].shape != own[pos_key].shape:
-        from timm.layers import resample_abs_pos_embed
+        from vast.models.vision import resize_pos_embed
 
+        # the original resizes a VAST checkpoint's grid bilinearly in fp32 (not bicubic, as for EVA-CLIP's file)
         grid = int((own[pos_key].shape[1] - 1) ** 0.5)
-        state[pos_key] = resample_abs_pos_embed(state[pos_key], (grid, grid), num_prefix_tokens=1)
+        state[pos_key] = resize_pos_embed(state[pos_key].float(), grid, mode="bilinear")
     mismatched = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if mismatched:
         raise DataError(f"{source}: shapes differ from this model for {len(mismatched)} tensors, e.g. "
