@@ -15,6 +15,18 @@ logger = logging.getLogger(__name__)
 DERIVED_KEYS = {"max_vision_sample_num": "vision_frame_embedding", "max_audio_sample_num": "audio_frame_embedding"}
 
 
+def _original_qa_lengths(saved: dict) -> dict:
+    """QA lengths of a run written by the original code, which has no QA length keys: it pads
+    questions to max_caption_len and trains answers as `[CLS] answer [SEP]` in 10 tokens (so 9 after
+    the [CLS], and 10 generated at test)."""
+    lengths = {}
+    if "max_question_len" not in saved:
+        lengths["max_question_len"] = saved.get("max_caption_len", MODEL_SCHEMA["max_caption_len"].default)
+    if "max_answer_len" not in saved:
+        lengths["max_answer_len"] = 9
+    return lengths
+
+
 def _locate(path: Path) -> tuple[Path, Path]:
     """(checkpoint file, hps.json path) for a run folder or a checkpoint inside `<run>/ckpt/`."""
     if path.is_dir():
@@ -44,7 +56,9 @@ def load_model_config(path, **overrides) -> tuple[dict, Path]:
         ignored = sorted(k for k in saved if k not in MODEL_SCHEMA and k not in DERIVED_KEYS)
         if ignored:
             logger.info("%s: model_cfg keys this implementation does not use: %s", hps_path, ", ".join(ignored))
-        cfg.update({k: _coerce_key(k, v, f"{hps_path}: model_cfg.{k}") for k, v in saved.items() if k not in ignored})
+        saved = {k: v for k, v in saved.items() if k not in ignored}
+        saved.update(_original_qa_lengths(saved))
+        cfg.update({k: _coerce_key(k, v, f"{hps_path}: model_cfg.{k}") for k, v in saved.items()})
     else:
         logger.info("no %s beside the checkpoint: default model_cfg with the given overrides", hps_path)
     cfg.update({k: _coerce_key(k, v, f"load_model({k}=...)") for k, v in overrides.items()})

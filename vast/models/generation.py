@@ -40,17 +40,18 @@ class GenerationConfig:
 class MaskSlotDecoder:
     """Next-token logits of a BERT LM (`BertForMaskedLM` with cross-attention) over a fusion memory.
 
-    The prefix (`[CLS]` for captions; `[CLS] question [SEP]` padded to a common length for QA) is
-    encoded once; when `bidirectional_prefix` is set its tokens see each other (QA), otherwise the
-    whole sequence is causal (captions). Rows can be reordered or repeated (beam search, sampling).
+    The prefix (`[CLS]` for captions; `[CLS] question [SEP] [PAD].. [CLS]` for QA) is encoded once;
+    when `bidirectional_prefix` is set its first `bidirectional_length` tokens (default: all of it) see
+    each other (the QA question), and everything after them is causal (the whole sequence for
+    captions). Rows can be reordered or repeated (beam search, sampling).
     """
 
     def __init__(self, lm, memory, memory_mask, prefix_ids, prefix_mask, mask_token_id: int,
-                 bidirectional_prefix: bool = False, use_cache: bool = True):
+                 bidirectional_prefix: bool = False, use_cache: bool = True, bidirectional_length: int | None = None):
         self.lm = lm
         self.memory, self.memory_mask = memory, memory_mask  # [B, M, D], [B, M] or None
         self.ids, self.attention = prefix_ids, prefix_mask  # [B, P]: the sequence so far
-        self.prefix_length = prefix_ids.shape[1]
+        self.prefix_length = prefix_ids.shape[1] if bidirectional_length is None else bidirectional_length
         self.mask_token_id = mask_token_id
         self.bidirectional_prefix = bidirectional_prefix
         self.use_cache = use_cache

@@ -76,11 +76,13 @@ class InferenceMixin:
 
     @torch.no_grad()
     def caption(self, group, vision=None, audio=None, subtitles=None, beam_size: int = 1,
-                max_len: int = 40) -> list[str]:
-        """One caption per clip: greedy (beam_size 1) or beam search."""
+                max_len: int | None = None) -> list[str]:
+        """One caption per clip: greedy (beam_size 1) or beam search, at most `max_len` tokens
+        ([SEP] included; default the model's max_caption_len, as its evaluation generates)."""
         group = _group(group)
         config = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
-                                  max_len=max_len, length_penalty=float(self.model_cfg.get("length_penalty", 0.6)))
+                                  max_len=max_len or self.max_caption_len,
+                                  length_penalty=float(self.model_cfg.get("length_penalty", 0.6)))
         texts = self.generate_text(self._media(group, vision, audio, subtitles), group, config)
         return [t[0] for t in texts]
 

@@ -111,6 +111,8 @@ class VAST(InferenceMixin, nn.Module):
         self.max_question_len = int(cfg.get("max_question_len", 30))
         self.max_answer_len = int(cfg.get("max_answer_len", 10))
         self.mask_subtitle_padding = bool(cfg.get("mask_subtitle_padding", False))
+        # as the original: the vision frame embedding is added only for "adaptive" (audio clips always)
+        self.vision_frame_embedding_on = cfg.get("frame_embedding_type", "adaptive") == "adaptive"
         self.tokenizer = load_tokenizer(cfg.get("text_encoder_weights") or cfg["multimodal_encoder_type"])
         if cfg.get("checkpointing"):
             for module in (self.vision_encoder, self.audio_encoder, self.multimodal_encoder.bert):
@@ -146,9 +148,9 @@ class VAST(InferenceMixin, nn.Module):
         return TextTokens(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
 
     def tokenize_answers(self, answers: list[str]) -> TextTokens:
-        """Answer tokens without [CLS] (they follow the question): `answer [SEP] [PAD]...`."""
-        tokens = self.tokenize(answers, self.max_answer_len + 1, pad_to_max=True)
-        return tokens[:, 1:]
+        """Answer tokens as the original trains them after the question: `[CLS] answer [SEP] [PAD]...`,
+        max_answer_len + 1 long. The [CLS] is the start token that decoding is given, never a target."""
+        return self.tokenize(answers, self.max_answer_len + 1, pad_to_max=True)
 
     def encode_text(self, tokens: TextTokens) -> torch.Tensor:
         """Bidirectional BERT over text alone: hidden states [N, L, D]."""
@@ -213,11 +215,12 @@ class VAST(InferenceMixin, nn.Module):
         name = MODALITY_NAMES[modality]
         projected = getattr(self, f"hidden_trans_{name}_multimodal")(media.get(modality))
         if modality is not Modality.SUBTITLE:
-            # one learned embedding per frame / audio clip, resized (nearest) when the count differs
-            table = getattr(self, f"{name}_frame_embedding")
-            count = projected.shape[1]
-            per_segment = F.interpolate(table.float().permute(0, 2, 1), count, mode="nearest").permute(0, 2, 1)
-            projected = projected + per_segment.to(projected.dtype).unsqueeze(-2)  # [B, n, x, D]
+            if modality is Modality.AUDIO or self.vision_frame_embedding_on:
+                # one learned embedding per frame / audio clip, resized (nearest) when the count differs
+                table = getattr(self, f"{name}_frame_embedding")
+                count = projected.shape[1]
+                per_segment = F.interpolate(table.float().permute(0, 2, 1), count, mode="nearest").permute(0, 2, 1)
+                projected = projected + per_segment.to(projected.dtype).unsqueeze(-2)  # [B, n, x, D]
             projected = projected.flatten(1, 2)  # segment-major: [B, n*x, D]
         return projected + getattr(self, f"{name}_type_embeddings")
 
@@ -257,16 +260,26 @@ class VAST(InferenceMixin, nn.Module):
             index = torch.arange(len(questions), device=self.device) if video_index is None else video_index.to(self.device)
             memory = memory[index]
             memory_mask = None if memory_mask is None else memory_mask[index]
-            prefix = self.tokenize(questions, self.max_question_len, pad_to_max=True)
-        else:
-            cls = torch.full((memory.shape[0], 1), self.tokenizer.cls_token_id, dtype=torch.long, device=self.device)
-            prefix = TextTokens(cls, torch.ones_like(cls))
+        cls = torch.full((memory.shape[0], 1), self.tokenizer.cls_token_id, dtype=torch.long, device=self.device)
+        prefix = TextTokens(cls, torch.ones_like(cls))  # captions start from [CLS]
+        question_length = None
+        if questions is not None:
+            # answers start from a [CLS] after the padded question, as they were trained (tokenize_answers)
+            question = self.tokenize(questions, self.max_question_len, pad_to_max=True)
+            question_length = question.input_ids.shape[1]
+            prefix = TextTokens(torch.cat([question.input_ids, prefix.input_ids], dim=1),
+                                torch.cat([question.attention_mask, prefix.attention_mask], dim=1))
         decoder = MaskSlotDecoder(self.multimodal_encoder, memory, memory_mask, prefix.input_ids, prefix.attention_mask,
                                   self.tokenizer.mask_token_id, bidirectional_prefix=questions is not None,
-                                  use_cache=config.use_cache)
+                                  use_cache=config.use_cache, bidirectional_length=question_length)
         sequences = generate(decoder, config, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id, generator)
-        return [[self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in per_input]
-                for per_input in sequences]
+        return [[self.decode(ids) for ids in per_input] for per_input in sequences]
+
+    def decode(self, ids: list[int]) -> str:
+        """Token ids -> text as the original captions were written: special tokens dropped, word pieces
+        joined and the spaces before punctuation and contractions removed ("is n ' t ." -> "isn't.").
+        The clean-up is explicit because newer tokenizers no longer do it by default."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
 
     def forward(self, batch, loss_weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
         """Training losses of a batch for every (type, group) of its task; see vast.objectives."""
