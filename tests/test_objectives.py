@@ -88,3 +88,43 @@ def test_hard_negatives_never_pick_the_same_clip():
             picks = _sample_negatives(similarity, same, 0.07, random_ratio=ratio)
             assert not same[torch.arange(6), picks].any()
     assert _sample_negatives(similarity[:1, :1], torch.ones(1, 1, dtype=torch.bool), 0.07) is None
+
+
+class _RecordingMatcher:
+    """Stands in for VAST.match_logits to see which memory each (text, clip) pair is given."""
+
+    max_subtitle_len = 2
+
+    def match_logits(self, tokens, memory, memory_mask, memory_index):
+        self.pairs = memory[memory_index]  # [pairs, M, D]
+        return torch.zeros(memory_index.shape[0], 2, requires_grad=True)
+
+
+def test_subtitle_swap_negatives_keep_the_clip_and_take_another_subtitle():
+    from vast.models.vast import TextTokens
+    from vast.objectives import matching_loss
+
+    n, width = 4, 2
+    # clip i's memory: 3 picture/sound tokens filled with i, then 2 subtitle tokens filled with 10 + i
+    memory = torch.cat([torch.arange(n).float()[:, None, None].expand(n, 3, 1),
+                        (10 + torch.arange(n)).float()[:, None, None].expand(n, width, 1)], dim=1)
+    subtitles = ["open the door", "open the door", "wash the car", "play the piano"]
+    feats = F.normalize(torch.randn(n, DIM), dim=-1)
+    tokens = TextTokens(torch.ones(n, 5, dtype=torch.long), torch.ones(n, 5, dtype=torch.long))
+    codes = torch.arange(n)
+    matcher = _RecordingMatcher()
+    for _ in range(10):
+        loss = matching_loss(matcher, tokens, memory, None, feats, feats, codes, torch.tensor(0.07),
+                             subtitles=subtitles, subtitle_swap_ratio=1.0)
+        assert loss is not None
+        negatives = matcher.pairs[n:2 * n]  # (text i, negative) pairs
+        for i in range(n):
+            assert (negatives[i, :3] == i).all()  # own picture and sound
+            donor = int(negatives[i, 3, 0]) - 10
+            assert donor != i and subtitles[donor] != subtitles[i]  # a subtitle that differs
+        assert (matcher.pairs[:n, :, 0] == memory[:, :, 0]).all()  # positives untouched
+    # without the ratio, every (text, negative) pair is another whole clip
+    matching_loss(matcher, tokens, memory, None, feats, feats, codes, torch.tensor(0.07), subtitles=subtitles)
+    negatives = matcher.pairs[n:2 * n]
+    assert all(int(negatives[i, 0, 0]) != i and int(negatives[i, 3, 0]) == 10 + int(negatives[i, 0, 0])
+               for i in range(n))

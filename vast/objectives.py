@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from vast.engine.distributed import gather_no_grad, gather_with_grad, rank_and_world
 from vast.errors import ConfigError
 from vast.models.vast import TextTokens
-from vast.tasks import ModalityGroup, TaskType
+from vast.tasks import Modality, ModalityGroup, TaskType
 
 
 def _owner_codes(ids: list[str], device) -> torch.Tensor:
@@ -69,9 +69,27 @@ def _pad_to_common_width(tokens: TextTokens) -> TextTokens:
     return TextTokens(F.pad(tokens.input_ids, (0, extra)), F.pad(tokens.attention_mask, (0, extra)))
 
 
+def _subtitle_swaps(subtitles: list[str] | None, ratio: float, device) -> torch.Tensor | None:
+    """For a `ratio` share of this rank's rows, another local row whose subtitle text differs (-1: none)."""
+    if not subtitles or ratio <= 0:
+        return None
+    n = len(subtitles)
+    different = torch.tensor([[a != b for b in subtitles] for a in subtitles], device=device)
+    chosen = (torch.rand(n, device=device) < ratio) & different.any(dim=1)
+    if not bool(chosen.any()):
+        return None
+    donors = torch.multinomial(different[chosen].float(), 1).squeeze(1)
+    return torch.full((n,), -1, dtype=torch.long, device=device).index_put_((chosen.nonzero().squeeze(1),), donors)
+
+
 def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, clip_codes, temperature,
-                  random_ratio: float = 0.0):
-    """Binary match loss over positives, (text, hard-negative clip) and (hard-negative text, clip)."""
+                  random_ratio: float = 0.0, subtitles: list[str] | None = None, subtitle_swap_ratio: float = 0.0):
+    """Binary match loss over positives, (text, hard-negative clip) and (hard-negative text, clip).
+
+    With `subtitles` (the group fuses them, last in the memory) and `subtitle_swap_ratio` > 0, that
+    share of the (text, negative clip) pairs instead pairs the text with its own clip whose subtitle
+    tokens come from another clip of the batch with a different subtitle: a negative that only the
+    subtitle tells apart, so matching must read the speech as well as the picture and the sound."""
     all_cond = gather_no_grad(cond_feats)
     all_text = gather_no_grad(text_feats)
     all_codes = gather_no_grad(clip_codes)
@@ -91,8 +109,21 @@ def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, cl
     # pairs: (text, its clip), (text, hard-negative clip), (hard-negative text, clip); each distinct
     # memory is projected once however many pairs use it
     used, memory_index = torch.unique(torch.cat([own_rows, negative_clips, own_rows]), return_inverse=True)
-    memory_masks = None if memory_mask is None else gather_no_grad(memory_mask)[used]
-    logits = model.match_logits(type(tokens)(input_ids, attention), all_memory[used], memory_masks, memory_index)
+    bank = all_memory[used]
+    bank_mask = None if memory_mask is None else gather_no_grad(memory_mask)[used]
+    donors = _subtitle_swaps(subtitles, subtitle_swap_ratio, memory.device)
+    if donors is not None:
+        swapped = (donors >= 0).nonzero().squeeze(1)
+        width = model.max_subtitle_len
+        own_memory, donor_memory = all_memory[own_rows[swapped]], all_memory[own_rows[donors[swapped]]]
+        bank = torch.cat([bank, torch.cat([own_memory[:, :-width], donor_memory[:, -width:]], dim=1)])
+        if bank_mask is not None:
+            own_mask, donor_mask = memory_mask[swapped], memory_mask[donors[swapped]]
+            bank_mask = torch.cat([bank_mask, torch.cat([own_mask[:, :-width], donor_mask[:, -width:]], dim=1)])
+        n = own_rows.shape[0]
+        memory_index = memory_index.clone()
+        memory_index[n + swapped] = used.shape[0] + torch.arange(swapped.shape[0], device=memory.device)
+    logits = model.match_logits(type(tokens)(input_ids, attention), bank, bank_mask, memory_index)
     n = tokens.input_ids.shape[0]
     labels = torch.cat([torch.ones(n), torch.zeros(2 * n)]).long().to(logits.device)
     return F.cross_entropy(logits.float(), labels)
@@ -123,8 +154,10 @@ def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, to
             text_feats, cond_feats, model.contra_temp, weights.get("contra_label_smoothing", 0.0))
         if weights["itm"] > 0:
             memory, memory_mask = model.fusion_memory(media, group)
+            subtitles = batch.subtitles if Modality.SUBTITLE in group.modalities else None
             itm = matching_loss(model, tokens, memory, memory_mask, text_feats.detach(), cond_feats.detach(),
-                                codes, model.contra_temp, weights.get("itm_random_negative_ratio", 0.0))
+                                codes, model.contra_temp, weights.get("itm_random_negative_ratio", 0.0),
+                                subtitles, weights.get("itm_subtitle_swap_ratio", 0.0))
             if itm is not None:
                 losses[f"itm_{group}"] = weights["itm"] * itm
     return losses
@@ -193,12 +226,14 @@ def qa_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Ten
     answers = model.tokenize_answers(batch.answers)
     input_ids = torch.cat([questions.input_ids, answers.input_ids], dim=1)
     attention = torch.cat([questions.attention_mask, answers.attention_mask], dim=1)
-    maskable = torch.cat([torch.zeros_like(questions.attention_mask), answers.attention_mask], dim=1).bool()
     tokenizer = model.tokenizer
+    # the answer's own [CLS] is the start token decoding is given: never a target
+    answer_targets = answers.attention_mask.bool() & (answers.input_ids != tokenizer.cls_token_id)
+    maskable = torch.cat([torch.zeros_like(questions.attention_mask).bool(), answer_targets], dim=1)
     losses = {}
     video_index = torch.tensor(batch.question_video_index, device=model.device)
     for group in groups:
-        masked, labels = mask_tokens(input_ids, maskable, weights["caption_mask_prob"], tokenizer.mask_token_id,
+        masked, labels = mask_tokens(input_ids, maskable, weights["qa_mask_prob"], tokenizer.mask_token_id,
                                      len(tokenizer))
         memory, memory_mask = model.fusion_memory(media, group)
         losses[f"qa_{group}"] = weights["qa"] * masked_lm_loss(

@@ -54,11 +54,13 @@ class Trainer:
         self.val_loaders = [build_dataloader(e, config, dist_info) for e in config.val]
         self.skipped_media: list[str] = []
         self.loss_weights = {"contra": float(config.model_cfg.contra_ratio), "itm": float(config.model_cfg.itm_ratio),
-                             "contra_label_smoothing": float(config.model_cfg.get("contra_label_smoothing", 0.0)),
+                             "contra_label_smoothing": float(config.model_cfg.get("contra_label_smoothing", 0.1)),
                              "itm_random_negative_ratio": float(config.model_cfg.get("itm_random_negative_ratio", 0.0)),
+                             "itm_subtitle_swap_ratio": float(config.model_cfg.get("itm_subtitle_swap_ratio", 0.0)),
                              "caption": float(config.model_cfg.get("caption_ratio", 1.0)),
                              "qa": float(config.model_cfg.get("qa_ratio", 1.0)),
-                             "caption_mask_prob": float(config.model_cfg.get("caption_mask_prob", 0.6))}
+                             "caption_mask_prob": float(config.model_cfg.get("caption_mask_prob", 0.6)),
+                             "qa_mask_prob": float(config.model_cfg.get("qa_mask_prob", 0.99))}
         self.best: dict[str, float] = {}
 
     # --- evaluation --------------------------------------------------------------------------
