@@ -111,20 +111,21 @@ def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, cl
     used, memory_index = torch.unique(torch.cat([own_rows, negative_clips, own_rows]), return_inverse=True)
     bank = all_memory[used]
     bank_mask = None if memory_mask is None else gather_no_grad(memory_mask)[used]
+    n = tokens.input_ids.shape[0]
     donors = _subtitle_swaps(subtitles, subtitle_swap_ratio, memory.device)
     if donors is not None:
         swapped = (donors >= 0).nonzero().squeeze(1)
-        width = model.max_subtitle_len
-        own_memory, donor_memory = all_memory[own_rows[swapped]], all_memory[own_rows[donors[swapped]]]
-        bank = torch.cat([bank, torch.cat([own_memory[:, :-width], donor_memory[:, -width:]], dim=1)])
+        width = model.max_subtitle_len  # the subtitle tokens close the memory
+
+        def splice(rows):  # own clip's memory rows up to the subtitle, then the donor's subtitle rows
+            return torch.cat([rows[swapped, :-width], rows[donors[swapped], -width:]], dim=1)
+
+        bank = torch.cat([bank, splice(all_memory[own_rows])])
         if bank_mask is not None:
-            own_mask, donor_mask = memory_mask[swapped], memory_mask[donors[swapped]]
-            bank_mask = torch.cat([bank_mask, torch.cat([own_mask[:, :-width], donor_mask[:, -width:]], dim=1)])
-        n = own_rows.shape[0]
+            bank_mask = torch.cat([bank_mask, splice(memory_mask)])
         memory_index = memory_index.clone()
         memory_index[n + swapped] = used.shape[0] + torch.arange(swapped.shape[0], device=memory.device)
     logits = model.match_logits(type(tokens)(input_ids, attention), bank, bank_mask, memory_index)
-    n = tokens.input_ids.shape[0]
     labels = torch.cat([torch.ones(n), torch.zeros(2 * n)]).long().to(logits.device)
     return F.cross_entropy(logits.float(), labels)
 
@@ -151,13 +152,13 @@ def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, to
         tokens, text_feats = text_cache[key]
         cond_feats = model.condition_features(media, group)
         losses[f"contra_{group}"] = weights["contra"] * contrastive_loss(
-            text_feats, cond_feats, model.contra_temp, weights.get("contra_label_smoothing", 0.0))
+            text_feats, cond_feats, model.contra_temp, weights["contra_label_smoothing"])
         if weights["itm"] > 0:
             memory, memory_mask = model.fusion_memory(media, group)
             subtitles = batch.subtitles if Modality.SUBTITLE in group.modalities else None
             itm = matching_loss(model, tokens, memory, memory_mask, text_feats.detach(), cond_feats.detach(),
-                                codes, model.contra_temp, weights.get("itm_random_negative_ratio", 0.0),
-                                subtitles, weights.get("itm_subtitle_swap_ratio", 0.0))
+                                codes, model.contra_temp, weights["itm_random_negative_ratio"],
+                                subtitles, weights["itm_subtitle_swap_ratio"])
             if itm is not None:
                 losses[f"itm_{group}"] = weights["itm"] * itm
     return losses

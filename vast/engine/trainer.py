@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from vast.config import Config
+from vast.config import MODEL_SCHEMA, Config
 from vast.data.loader import build_dataloader, build_dataset
 from vast.engine.distributed import DistInfo, barrier
 from vast.engine.optim import create_optimizer, create_scheduler
@@ -53,14 +53,12 @@ class Trainer:
         self.model = build_model(config).to(dist_info.device)
         self.val_loaders = [build_dataloader(e, config, dist_info) for e in config.val]
         self.skipped_media: list[str] = []
-        self.loss_weights = {"contra": float(config.model_cfg.contra_ratio), "itm": float(config.model_cfg.itm_ratio),
-                             "contra_label_smoothing": float(config.model_cfg.get("contra_label_smoothing", 0.1)),
-                             "itm_random_negative_ratio": float(config.model_cfg.get("itm_random_negative_ratio", 0.0)),
-                             "itm_subtitle_swap_ratio": float(config.model_cfg.get("itm_subtitle_swap_ratio", 0.0)),
-                             "caption": float(config.model_cfg.get("caption_ratio", 1.0)),
-                             "qa": float(config.model_cfg.get("qa_ratio", 1.0)),
-                             "caption_mask_prob": float(config.model_cfg.get("caption_mask_prob", 0.6)),
-                             "qa_mask_prob": float(config.model_cfg.get("qa_mask_prob", 0.99))}
+        # loss name -> model_cfg key; an absent key takes the schema default (the original's value)
+        weight_keys = {"contra": "contra_ratio", "itm": "itm_ratio", "caption": "caption_ratio", "qa": "qa_ratio",
+                       **{k: k for k in ("contra_label_smoothing", "itm_random_negative_ratio",
+                                         "itm_subtitle_swap_ratio", "caption_mask_prob", "qa_mask_prob")}}
+        self.loss_weights = {name: float(config.model_cfg.get(key, MODEL_SCHEMA[key].default))
+                             for name, key in weight_keys.items()}
         self.best: dict[str, float] = {}
 
     # --- evaluation --------------------------------------------------------------------------
