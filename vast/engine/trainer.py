@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ MAX_NONFINITE_STEPS = 5
 EVALUATORS = {TaskType.RETRIEVAL: evaluate_retrieval, TaskType.CAPTION: evaluate_captioning, TaskType.QA: evaluate_qa}
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX): elsewhere bf16
     is emulated and slower than fp32."""
@@ -40,15 +42,19 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def autocast_context(run_cfg, device: torch.device):
-    """bf16 / fp16 autocast where the device supports it. CUDA: fp16, or bf16 when asked and
-    supported. CPU: bf16 when asked and the CPU has it natively (fp16 is not offered), else fp32."""
+def autocast_dtype(run_cfg, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype where the device supports it, None for fp32. CUDA: fp16, or bf16 when asked
+    and supported. CPU: bf16 when asked and the CPU has it natively (fp16 is not offered), else fp32."""
     if device.type == "cuda" and (run_cfg.fp16 or run_cfg.bf16):
-        dtype = torch.bfloat16 if run_cfg.bf16 and torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.bfloat16 if run_cfg.bf16 and torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and run_cfg.bf16 and cpu_has_native_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+        return torch.bfloat16
+    return None
+
+
+def autocast_context(run_cfg, device: torch.device):
+    dtype = autocast_dtype(run_cfg, device)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 class Trainer:
@@ -69,8 +75,7 @@ class Trainer:
         self.loss_weights = {name: float(config.model_cfg.get(key, MODEL_SCHEMA[key].default))
                              for name, key in weight_keys.items()}
         self.best: dict[str, float] = {}
-        precision = str(getattr(autocast_context(self.run_cfg, dist_info.device), "fast_dtype", "float32"))
-        precision = precision.replace("torch.", "")
+        precision = str(autocast_dtype(self.run_cfg, dist_info.device) or torch.float32).removeprefix("torch.")
         if self.run_cfg.bf16 and precision != "bfloat16":
             logger.info("bf16 asked for, but this %s has no native bf16: running %s", dist_info.device.type, precision)
         else:
