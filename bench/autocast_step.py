@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from vast.config import load_config
-from vast.engine import distributed
+from vast import distributed
 from vast.engine.trainer import Trainer, cpu_has_native_bf16
 
 

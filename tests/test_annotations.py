@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from vast.config import load_config
-from vast.data.annotations import AnnotationDataset, load_annotations, normalise_row, texts_for_group
+from vast.data.annotations import AnnotationDataset, load_annotations, normalise_row
+from vast.data.batch import texts_for_group
 from vast.data.loader import ShardedSampler, build_dataloader
-from vast.engine.distributed import DistInfo
+from vast.distributed import DistInfo
 from vast.errors import DataError
 from vast.tasks import Modality
 
@@ -34,8 +35,8 @@ def test_retrieval_test_batch_flattens_reference_captions(demo_corpus, write_con
     batch = first_batch(dataset, config)
     rows = json.loads((demo_corpus / "annotations" / "cap_test.json").read_text())[:4]
     assert batch.ids == [r["video_id"] for r in rows]
-    assert batch.captions == [c for r in rows for c in r["desc"]]
-    assert batch.caption_ids == [r["video_id"] for r in rows for _ in r["desc"]]
+    assert batch.texts["tvas"].texts == [c for r in rows for c in r["desc"]]
+    assert batch.texts["tvas"].owners == [r["video_id"] for r in rows for _ in r["desc"]]
     assert batch.subtitles == [r["subtitle"] for r in rows]
     assert batch.vision.shape == (4, 2, 3, 64, 64) and batch.vision.dtype == torch.float32
     assert batch.audio.shape == (4, 1, 256, 64)
@@ -44,7 +45,7 @@ def test_retrieval_test_batch_flattens_reference_captions(demo_corpus, write_con
 def test_training_batch_picks_one_caption_per_video(demo_corpus, write_config):
     dataset, config = dataset_for(write_config, demo_corpus, "ret_train.json", "ret%tv", split="train")
     batch = first_batch(dataset, config)
-    assert len(batch.captions) == len(batch.ids) == 4
+    assert len(batch.texts["tv"]) == len(batch.ids) == 4
     assert batch.audio is None  # tv needs no audio: none is decoded
     assert batch.vision.shape[:2] == (4, 2)
 
@@ -52,8 +53,10 @@ def test_training_batch_picks_one_caption_per_video(demo_corpus, write_config):
 def test_vast27m_rows_give_captions_per_group(demo_corpus, write_config):
     dataset, config = dataset_for(write_config, demo_corpus, "vast27m_train.json", "ret%tvas%tv%ta", split="train")
     batch = first_batch(dataset, config)
-    assert batch.vision_captions and batch.audio_captions and batch.omni_captions
     sample = dataset.samples[0]
+    assert batch.texts["tv"].texts[0] in sample.vision_captions and not batch.texts["tv"].omni
+    assert batch.texts["ta"].texts[0] in sample.audio_captions
+    assert batch.texts["tvas"].texts[0] in sample.omni_captions and batch.texts["tvas"].omni
     assert texts_for_group(sample, (Modality.VISION,)) == sample.vision_captions
     assert texts_for_group(sample, (Modality.AUDIO,)) == sample.audio_captions
     assert texts_for_group(sample, (Modality.VISION, Modality.AUDIO)) == sample.omni_captions
@@ -62,7 +65,7 @@ def test_vast27m_rows_give_captions_per_group(demo_corpus, write_config):
 def test_qa_train_without_desc_and_qa_test_lists(demo_corpus, write_config):
     dataset, config = dataset_for(write_config, demo_corpus, "qa_train.json", "qa%tvas", split="train")
     batch = first_batch(dataset, config)
-    assert len(batch.questions) == len(batch.answers) == len(batch.ids) and batch.captions is None
+    assert len(batch.questions) == len(batch.answers) == len(batch.ids) and not batch.texts
     dataset, config = dataset_for(write_config, demo_corpus, "qa_test.json", "qa%tvas")
     batch = first_batch(dataset, config)
     rows = json.loads((demo_corpus / "annotations" / "qa_test.json").read_text())[:4]
@@ -74,7 +77,7 @@ def test_qa_train_without_desc_and_qa_test_lists(demo_corpus, write_config):
 def test_captioner_meta_has_only_ids(demo_corpus, write_config):
     dataset, config = dataset_for(write_config, demo_corpus, "captioner_meta.json", "cap%tv")
     batch = first_batch(dataset, config)
-    assert batch.captions is None and batch.subtitles is None and batch.vision.shape[0] == 4
+    assert not batch.texts and batch.subtitles is None and batch.vision.shape[0] == 4
 
 
 def test_audio_from_the_video_track_when_no_audio_folder(demo_corpus, write_config):

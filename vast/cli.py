@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vast.config import Config, check_data_paths, load_from_command_line
-from vast.engine import distributed
+from vast import distributed
 from vast.engine.logging import setup_logging
 from vast.errors import VastError
 
@@ -29,7 +29,9 @@ def describe_batch(batch) -> dict[str, str]:
         value = getattr(batch, name)
         if value is not None:
             described[name] = "x".join(str(d) for d in value.shape)
-    for name in ("captions", "vision_captions", "audio_captions", "omni_captions", "subtitles", "questions", "answers"):
+    for group, texts in batch.texts.items():
+        described[f"captions {group}"] = f"{len(texts)} texts" + (" (omni)" if texts.omni else "")
+    for name in ("subtitles", "questions", "answers"):
         value = getattr(batch, name)
         if value is not None:
             described[name] = f"{len(value)} texts"

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from vast.cli import USER_ERROR_EXIT, execute
 from vast.config import PROJECT_ROOT, load_config
-from vast.data.annotations import load_annotations, texts_for_group
+from vast.data.annotations import load_annotations
+from vast.data.batch import texts_for_group
 from vast.data.demo_corpus import build_demo_corpus
-from vast.engine import distributed
+from vast import distributed
 from vast.engine.logging import setup_logging
 from vast.errors import VastError
 from vast.evaluation.captioning import coco_caption_scores, load_coco_references

@@ -14,10 +14,10 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from vast.engine.distributed import gather_no_grad, gather_with_grad, rank_and_world
+from vast.distributed import gather_no_grad, gather_with_grad, rank_and_world
 from vast.errors import ConfigError
 from vast.models.vast import TextTokens
-from vast.tasks import Modality, ModalityGroup, TaskType
+from vast.tasks import Modality, TaskType
 
 
 def _owner_codes(ids: list[str], device) -> torch.Tensor:
@@ -130,11 +130,6 @@ def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, cl
     return F.cross_entropy(logits.float(), labels)
 
 
-def caption_length(model, batch, group: ModalityGroup) -> int:
-    omni = group.is_omni and batch.omni_captions is not None
-    return model.max_omni_caption_len if omni else model.max_caption_len
-
-
 def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
     groups = batch.task.groups(TaskType.RETRIEVAL)
     media = model.encode_batch(batch, groups)
@@ -145,9 +140,9 @@ def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, to
         texts = batch.texts_for(group)
         if texts is None:
             raise ConfigError(f"dataset {batch.dataset}: no captions for group {group} (task {batch.task})")
-        key = (tuple(texts), caption_length(model, batch, group))
+        key = (tuple(texts.texts), model.caption_length(texts.omni))
         if key not in text_cache:
-            tokens = model.tokenize(texts, key[1])
+            tokens = model.tokenize(texts.texts, key[1])
             text_cache[key] = (tokens, model.text_features(tokens))
         tokens, text_feats = text_cache[key]
         cond_feats = model.condition_features(media, group)
@@ -205,7 +200,7 @@ def caption_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torc
         texts = batch.texts_for(group)
         if texts is None:
             raise ConfigError(f"dataset {batch.dataset}: no captions for group {group} (task {batch.task})")
-        tokens = model.tokenize(texts, caption_length(model, batch, group))
+        tokens = model.tokenize(texts.texts, model.caption_length(texts.omni))
         maskable = tokens.attention_mask.bool() & (tokens.input_ids != tokenizer.cls_token_id)
         masked, labels = mask_tokens(tokens.input_ids, maskable, weights["caption_mask_prob"],
                                      tokenizer.mask_token_id, len(tokenizer))

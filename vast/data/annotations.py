@@ -1,4 +1,4 @@
-"""JSON annotation datasets (every format of DESIGN 2.4) that decode media and collate typed batches.
+"""JSON annotation datasets (every format of DESIGN 2.4): rows -> Samples, media decoded on access.
 
 Formats accepted, one JSON list per file:
 - retrieval / caption: `{"video_id"|"image_id"|"id"|"clip_id", "desc"|"caption": str | [str], "subtitle"?}`
@@ -13,38 +13,22 @@ id, what is wrong) before any training starts.
 
 from __future__ import annotations
 
-import logging
 import random
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from vast.config import DataEntry, read_json, resolve_path
-from vast.errors import ConfigError, DataError, MediaError
-from vast.tasks import Modality, TaskSpec, TaskType
 from vast.data import media
+from vast.data.batch import Batch, Item, Sample, collate, sample_problem
+from vast.errors import ConfigError, DataError
+from vast.tasks import Modality
 
-logger = logging.getLogger(__name__)
 
 ID_KEYS = ("video_id", "clip_id", "image_id", "id")
 CAPTION_KEYS = ("desc", "caption")
-
-
-@dataclass
-class Sample:
-    """One annotation row, normalised: every caption kind as a list, QA as parallel lists."""
-
-    id: str
-    captions: list[str] = field(default_factory=list)
-    vision_captions: list[str] = field(default_factory=list)
-    audio_captions: list[str] = field(default_factory=list)
-    omni_captions: list[str] = field(default_factory=list)
-    subtitle: str | None = None
-    questions: list[str] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
 
 
 def _as_text_list(value, where: str) -> list[str]:
@@ -96,67 +80,6 @@ def load_annotations(path: str | Path) -> list[Sample]:
     return [normalise_row(row, f"{resolved} row {i}") for i, row in enumerate(rows)]
 
 
-def texts_for_group(sample: Sample, modalities: tuple[Modality, ...]) -> list[str]:
-    """The captions that describe a group: vision captions for tv, audio captions for ta, the omni
-    caption for groups of two or more modalities, when the corpus has them; otherwise `desc`."""
-    if len(modalities) > 1 and sample.omni_captions:
-        return sample.omni_captions
-    if modalities == (Modality.VISION,) and sample.vision_captions:
-        return sample.vision_captions
-    if modalities == (Modality.AUDIO,) and sample.audio_captions:
-        return sample.audio_captions
-    return sample.captions or sample.omni_captions or sample.vision_captions or sample.audio_captions
-
-
-@dataclass
-class Batch:
-    """A collated batch. Text fields are per video; in test batches `captions` holds every reference
-    caption flattened, with `caption_ids` giving the video each belongs to (for retrieval scoring)."""
-
-    dataset: str
-    task: TaskSpec
-    ids: list[str]
-    captions: list[str] | None = None
-    caption_ids: list[str] | None = None
-    vision_captions: list[str] | None = None
-    audio_captions: list[str] | None = None
-    omni_captions: list[str] | None = None
-    subtitles: list[str] | None = None
-    questions: list[str] | None = None
-    answers: list[str] | None = None
-    question_ids: list[str] | None = None
-    question_video_index: list[int] | None = None  # which video of the batch each question is about
-    vision: torch.Tensor | None = None  # [B, F, 3, H, W]
-    audio: torch.Tensor | None = None  # [B, C, T, M]
-    skipped: list[str] = field(default_factory=list)  # media paths that failed to decode (training only)
-    # test batches: group name -> (every caption of the group's kind, the clip id of each)
-    group_captions: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def texts_for(self, group) -> list[str] | None:
-        """The captions of a group in a training batch, one per clip (see `texts_for_group`)."""
-        modalities = tuple(group.modalities)
-        if len(modalities) > 1 and self.omni_captions is not None:
-            return self.omni_captions
-        if modalities == (Modality.VISION,) and self.vision_captions is not None:
-            return self.vision_captions
-        if modalities == (Modality.AUDIO,) and self.audio_captions is not None:
-            return self.audio_captions
-        for texts in (self.captions, self.omni_captions, self.vision_captions, self.audio_captions):
-            if texts is not None:
-                return texts
-        return None
-
-    def to(self, device) -> "Batch":
-        for name in ("vision", "audio"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device, non_blocking=True))
-        return self
-
-
 class AnnotationDataset(Dataset):
     """A `type: annoindexed` dataset: annotation rows + media folders, decoded on access."""
 
@@ -188,17 +111,10 @@ class AnnotationDataset(Dataset):
         self._check_text_fields()
 
     def _check_text_fields(self) -> None:
-        where = f"{self.entry.where}: {self.entry.txt}"
-        types = self.task.types
         for i, sample in enumerate(self.samples):
-            row = f"{where} row {i} ({sample.id})"
-            if self.needs_subtitle and sample.subtitle is None:
-                raise DataError(f"{row}: no 'subtitle' but task '{self.task}' uses subtitles (s); "
-                                "add subtitles (e.g. with the ASR labeling step) or drop 's' from the task")
-            if TaskType.QA in types and not sample.questions:
-                raise DataError(f"{row}: task '{self.task}' is QA but the row has no 'question'/'answer'")
-            if self.training and TaskType.QA not in types and not texts_for_group(sample, self.task.modalities):
-                raise DataError(f"{row}: no caption ('desc', 'caption' or VAST-27M captions) to train on")
+            problem = sample_problem(sample, self.task, self.training)
+            if problem:
+                raise DataError(f"{self.entry.where}: {self.entry.txt} row {i} ({sample.id}): {problem}")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -238,71 +154,22 @@ class AnnotationDataset(Dataset):
             spec = self.audio_spec  # explicitly allowed by the config: silence stands in for no audio
             return torch.zeros(spec.sample_num, spec.target_length, spec.melbins)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Item:
         sample = self.samples[index]
         rng = self._rng(index)
-        item = {"sample": sample, "vision": None, "audio": None, "failed": None}
+        item = Item(sample)
         try:
             if self.needs_vision:
-                item["vision"] = media.load_vision(self.vision_path(sample), self.vision_spec, self.training, rng)
+                item.vision = media.load_vision(self.vision_path(sample), self.vision_spec, self.training, rng)
             if self.needs_audio:
-                item["audio"] = self._load_audio(sample, rng)
+                item.audio = self._load_audio(sample, rng)
         except DataError as error:
             if not self.training:
                 raise  # evaluation never drops or replaces an item
-            item["failed"] = str(error)
+            item.failed = str(error)
         if self.training:
-            item["caption_choice"] = rng.random()
+            item.choice = rng.random()
         return item
 
-    def collate(self, items: list[dict]) -> Batch:
-        skipped = [item["failed"] for item in items if item["failed"] is not None]
-        items = [item for item in items if item["failed"] is None]
-        samples: list[Sample] = [item["sample"] for item in items]
-        batch = Batch(dataset=self.entry.name, task=self.task, ids=[s.id for s in samples], skipped=skipped)
-        if not samples:
-            return batch
-        if self.needs_vision:
-            batch.vision = torch.stack([item["vision"] for item in items])
-        if self.needs_audio:
-            batch.audio = torch.stack([item["audio"] for item in items])
-        if self.needs_subtitle or any(s.subtitle is not None for s in samples):
-            batch.subtitles = [s.subtitle or "" for s in samples]
-        if TaskType.QA in self.task.types:
-            self._collate_qa(batch, samples, items)
-        if self.training:
-            def pick(texts, item):
-                return texts[int(item["caption_choice"] * len(texts))] if texts else ""
-            batch.captions = [pick(s.captions, it) for s, it in zip(samples, items)] if any(s.captions for s in samples) else None
-            batch.caption_ids = list(batch.ids) if batch.captions is not None else None
-            for attr in ("vision_captions", "audio_captions", "omni_captions"):
-                if any(getattr(s, attr) for s in samples):
-                    setattr(batch, attr, [pick(getattr(s, attr), it) for s, it in zip(samples, items)])
-        else:
-            for modalities in [self.task.modalities] + [g.modalities for g in self.task.groups()]:
-                captions, caption_ids = [], []
-                for s in samples:
-                    texts = texts_for_group(s, modalities)
-                    captions += texts
-                    caption_ids += [s.id] * len(texts)
-                if not captions:
-                    continue
-                if modalities == self.task.modalities and batch.captions is None:
-                    batch.captions, batch.caption_ids = captions, caption_ids
-                name = "t" + "".join(m.value for m in modalities)
-                batch.group_captions[name] = (captions, caption_ids)
-        return batch
-
-    def _collate_qa(self, batch: Batch, samples: list[Sample], items: list[dict]) -> None:
-        if self.training:
-            # one question a video per step, chosen with the item's own rng draw
-            picks = [int(item["caption_choice"] * len(s.questions)) for s, item in zip(samples, items)]
-            batch.questions = [s.questions[k] for s, k in zip(samples, picks)]
-            batch.answers = [s.answers[k] for s, k in zip(samples, picks)]
-            batch.question_ids = [f"{s.id}#{k}" for s, k in zip(samples, picks)]
-            batch.question_video_index = list(range(len(samples)))
-        else:
-            batch.questions = [q for s in samples for q in s.questions]
-            batch.answers = [a for s in samples for a in s.answers]
-            batch.question_ids = [f"{s.id}#{k}" for s in samples for k in range(len(s.questions))]
-            batch.question_video_index = [i for i, s in enumerate(samples) for _ in s.questions]
+    def collate(self, items: list[Item]) -> Batch:
+        return collate(items, self.entry.name, self.task, self.training)

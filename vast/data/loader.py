@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from vast.config import Config, DataEntry
 from vast.data.annotations import AnnotationDataset
-from vast.engine.distributed import DistInfo
+from vast.distributed import DistInfo
 from vast.errors import ConfigError
 
 
@@ -44,6 +44,12 @@ def build_dataset(entry: DataEntry, config: Config) -> AnnotationDataset:
     if entry.type != "annoindexed":
         raise ConfigError(f"{entry.where}: dataset type '{entry.type}' is not supported yet; use 'annoindexed'")
     return AnnotationDataset(entry, config.model_cfg, seed=int(config.run_cfg.seed))
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Start epoch `epoch` of a training loader: its shuffle order and its items' random draws."""
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
 
 
 def per_rank_batch_size(entry: DataEntry, world_size: int) -> int:

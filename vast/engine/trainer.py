@@ -15,8 +15,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from vast.config import MODEL_SCHEMA, Config
-from vast.data.loader import build_dataloader, build_dataset
-from vast.engine.distributed import DistInfo, barrier
+from vast.data.loader import build_dataloader, build_dataset, set_epoch
+from vast.distributed import DistInfo, barrier
 from vast.engine.optim import create_optimizer, create_scheduler
 from vast.errors import VastError
 from vast.evaluation.captioning import evaluate_captioning
@@ -86,13 +86,12 @@ class Trainer:
     def evaluate(self, step: int) -> list[dict]:
         self.model.eval()
         records = []
-        for loader in self.val_loaders:
-            entry = loader.dataset.entry
+        for entry, loader in zip(self.config.val, self.val_loaders):
             started = time.perf_counter()
             for task_type in entry.task.types:
                 predictions: dict = {}
                 with autocast_context(self.run_cfg, self.dist.device):
-                    results = EVALUATORS[task_type](self.model, loader, self.config.model_cfg, predictions)
+                    results = EVALUATORS[task_type](self.model, loader, entry, self.config.model_cfg, predictions)
                 self._write_predictions(entry.name, task_type, step, predictions)
                 for group, metrics in results.items():
                     records.append({"step": step, "dataset": entry.name, "task": entry.task.text,
@@ -215,10 +214,8 @@ class Trainer:
     def _next_batch(self, loaders, iterators, epochs, index):
         while True:
             if iterators[index] is None:
-                loader = loaders[index]
-                loader.sampler.set_epoch(epochs[index])
-                loader.dataset.set_epoch(epochs[index])
-                iterators[index] = iter(loader)
+                set_epoch(loaders[index], epochs[index])
+                iterators[index] = iter(loaders[index])
             try:
                 batch = next(iterators[index])
             except StopIteration:

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from vast.config import read_json, resolve_path
-from vast.data.annotations import texts_for_group
-from vast.engine.distributed import all_gather_objects
+from vast.distributed import all_gather_objects
 from vast.errors import DataError
 from vast.models.generation import GenerationConfig
 from vast.tasks import TaskType
@@ -91,20 +90,16 @@ def _spice_available() -> bool:
     return (Path(spice.__file__).parent / "lib" / f"{SPICE_LIB}.jar").exists()
 
 
-def _group_references(loader, group) -> dict[str, list[str]]:
-    """References of a group from the annotation file itself (no `annfile`)."""
-    refs = {s.id: texts_for_group(s, group.modalities) for s in loader.dataset.samples}
-    return {clip: texts for clip, texts in refs.items() if texts}
-
-
 @torch.no_grad()
-def evaluate_captioning(model, loader, model_cfg, predictions: dict) -> dict[str, dict]:
+def evaluate_captioning(model, loader, entry, model_cfg, predictions: dict) -> dict[str, dict]:
     """Caption every clip for each caption group; metrics per group (empty without references).
-    `predictions[group]` receives {clip id: caption} (a list of captions in captioner mode)."""
-    groups = loader.dataset.task.groups(TaskType.CAPTION)
+    `predictions[group]` receives {clip id: caption} (a list of captions in captioner mode).
+    Without an `annfile`, the references are the captions the batches carry for the group."""
+    groups = entry.task.groups(TaskType.CAPTION)
     config = caption_generation_config(model_cfg)
     generator = torch.Generator(device=model.device).manual_seed(0)
     local: dict[str, dict] = {g.name: {} for g in groups}
+    references: dict[str, dict] = {g.name: {} for g in groups}
     for batch in loader:
         batch = batch.to(model.device)
         media = model.encode_batch(batch, groups)
@@ -112,7 +107,9 @@ def evaluate_captioning(model, loader, model_cfg, predictions: dict) -> dict[str
             texts = model.generate_text(media, group, config, generator=generator)
             for clip, captions in zip(batch.ids, texts):
                 local[group.name][clip] = captions if config.strategy == "sample" else captions[0]
-    entry = loader.dataset.entry
+            if own := batch.texts_for(group):
+                for clip, text in zip(own.owners, own.texts):
+                    references[group.name].setdefault(clip, []).append(text)
     annfile_references = load_coco_references(entry.annfile) if entry.annfile and config.strategy != "sample" else None
     results = {}
     for group in groups:
@@ -123,6 +120,7 @@ def evaluate_captioning(model, loader, model_cfg, predictions: dict) -> dict[str
             continue
         if annfile_references is not None:
             results[group.name] = coco_caption_scores(annfile_references, merged, entry.annfile)
-        elif references := _group_references(loader, group):
-            results[group.name] = coco_caption_scores(references, merged, entry.txt)
+        elif group_refs := {clip: texts for part in all_gather_objects(references[group.name])
+                            for clip, texts in part.items()}:
+            results[group.name] = coco_caption_scores(group_refs, merged, entry.txt)
     return results

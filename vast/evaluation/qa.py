@@ -11,7 +11,7 @@ import string
 
 import torch
 
-from vast.engine.distributed import all_gather_objects
+from vast.distributed import all_gather_objects
 from vast.models.generation import GenerationConfig
 from vast.tasks import TaskType
 
@@ -43,10 +43,10 @@ def qa_accuracy(records: list[dict]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_qa(model, loader, model_cfg, predictions: dict) -> dict[str, dict]:
+def evaluate_qa(model, loader, entry, model_cfg, predictions: dict) -> dict[str, dict]:
     """Answer every question of every clip for each QA group; `predictions[group]` receives
     [{"question_id", "video_id", "question", "answer", "prediction"}]."""
-    groups = loader.dataset.task.groups(TaskType.QA)
+    groups = entry.task.groups(TaskType.QA)
     config = qa_generation_config(model_cfg)
     local: dict[str, list] = {g.name: [] for g in groups}
     for batch in loader:

@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from vast.engine.distributed import all_gather_objects
+from vast.distributed import all_gather_objects
 from vast.errors import DataError
 from vast.tasks import TaskType
 
@@ -42,7 +42,7 @@ def clip_to_text_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return hits.float().argmax(dim=1)
 
 
-def _encode_pass(model, loader, groups, max_len):
+def _encode_pass(model, loader, groups):
     """Pass 1: pooled condition features per group, caption features/tokens per group, clip ids."""
     clip_ids, cond, texts = [], {g.name: [] for g in groups}, {g.name: [] for g in groups}
     for batch in loader:
@@ -51,12 +51,18 @@ def _encode_pass(model, loader, groups, max_len):
         clip_ids += batch.ids
         for group in groups:
             cond[group.name].append(model.condition_features(media, group).float().cpu())
-            captions, owners = batch.group_captions.get(group.name, ([], []))
+            captions = batch.texts_for(group)
             if captions:
-                tokens = model.tokenize(captions, max_len(group), pad_to_max=True)  # rows of all batches stack
+                tokens = model.tokenize(captions.texts, model.caption_length(captions.omni), pad_to_max=True)
                 feats = model.text_features(tokens).float().cpu()
-                texts[group.name].append((feats, tokens.input_ids.cpu(), tokens.attention_mask.cpu(), owners))
+                texts[group.name].append((feats, tokens.input_ids.cpu(), tokens.attention_mask.cpu(), captions.owners))
     return clip_ids, cond, texts
+
+
+def _cat_padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Stack token rows of batches padded to different lengths (omni and plain captions): zero-pad."""
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in rows])
 
 
 def _gather(clip_ids, cond, texts, groups):
@@ -70,7 +76,7 @@ def _gather(clip_ids, cond, texts, groups):
             raise DataError(f"no captions to evaluate group {group} with (check the annotation file)")
         merged[group.name] = {
             "cond": cond_feats, "text": torch.cat([p[0] for p in parts]),
-            "input_ids": torch.cat([p[1] for p in parts]), "attention_mask": torch.cat([p[2] for p in parts]),
+            "input_ids": _cat_padded([p[1] for p in parts]), "attention_mask": _cat_padded([p[2] for p in parts]),
             "owners": [o for p in parts for o in p[3]],
         }
     return all_ids, merged
@@ -113,18 +119,13 @@ def _matching_pass(model, loader, groups, data, clip_index, pairs_by_group):
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, loader, model_cfg, predictions: dict | None = None) -> dict[str, dict]:
+def evaluate_retrieval(model, loader, entry, model_cfg, predictions: dict | None = None) -> dict[str, dict]:
     """Metrics per group: text->clip (and clip->text when `ret_bidirection_evaluation`) for the
     contrastive scores (`itc`) and after matching-head reranking of the top candidates (`itm`)."""
-    groups = loader.dataset.task.groups(TaskType.RETRIEVAL)
+    groups = entry.task.groups(TaskType.RETRIEVAL)
     both = bool(model_cfg.get("ret_bidirection_evaluation"))
     k = int(model_cfg.get("itm_rerank_num", 50))
-
-    def max_len(group):
-        omni = group.is_omni and any(s.omni_captions for s in loader.dataset.samples[:1])
-        return model.max_omni_caption_len if omni else model.max_caption_len
-
-    clip_ids, all_data = _gather(*_encode_pass(model, loader, groups, max_len), groups)
+    clip_ids, all_data = _gather(*_encode_pass(model, loader, groups), groups)
     clip_index = {clip: i for i, clip in enumerate(clip_ids)}
     results, pairs_by_group, similarity = {}, {}, {}
     for group in groups:

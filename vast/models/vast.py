@@ -147,6 +147,10 @@ class VAST(InferenceMixin, nn.Module):
                                  max_length=max_len or self.max_caption_len, return_tensors="pt")
         return TextTokens(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
 
+    def caption_length(self, omni: bool) -> int:
+        """Token limit of a caption: `max_omni_caption_len` for omni captions, else `max_caption_len`."""
+        return self.max_omni_caption_len if omni else self.max_caption_len
+
     def tokenize_answers(self, answers: list[str]) -> TextTokens:
         """Answer tokens as the original trains them after the question: `[CLS] answer [SEP] [PAD]...`,
         max_answer_len + 1 long. The [CLS] is the start token that decoding is given, never a target."""

@@ -1,8 +1,9 @@
-"""Process-group set-up for `python`, `torchrun` and `torch.distributed.launch`; rank helpers.
+"""Process-group set-up for `python`, `torchrun` and `torch.distributed.launch`; rank helpers and gathers.
 
 Rank, world size and local rank come from the environment that both launchers set (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a plain `python run.py` is a world of one and
 needs no process group. The backend is nccl when CUDA is available, gloo otherwise.
+A leaf module: data, objectives, evaluation and the engine import it; it imports nothing of vast.
 """
 
 from __future__ import annotations
