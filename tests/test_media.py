@@ -243,14 +243,20 @@ def normalised(value: float, mean=media.CLIP_MEAN, std=media.CLIP_STD) -> torch.
     return (value - torch.tensor(mean)) / torch.tensor(std)
 
 
+def transformed(resolution, transforms, training, frames, rng, mean=media.CLIP_MEAN, std=media.CLIP_STD):
+    resized = media.VisionTransform(resolution, transforms, training)(frames, rng)
+    assert resized.dtype == torch.uint8  # loaders hand uint8 over; batches normalise on their device
+    return media.normalize_frames(resized, mean, std)
+
+
 def test_transform_none_resizes_and_normalises():
     frames = torch.full((2, 3, 48, 64), 255, dtype=torch.uint8)
-    output = media.VisionTransform(32, "none", training=True)(frames, random.Random(0))
+    output = transformed(32, "none", True, frames, random.Random(0))
     assert output.dtype == torch.float32 and output.shape == (2, 3, 32, 32)
     torch.testing.assert_close(output[:, :, 5, 7], normalised(1.0).expand(2, 3))
-    imagenet = media.VisionTransform(32, "none", False, media.IMAGENET_MEAN, media.IMAGENET_STD)
+    imagenet = transformed(32, "none", False, frames, random.Random(0), media.IMAGENET_MEAN, media.IMAGENET_STD)
     expected = normalised(1.0, media.IMAGENET_MEAN, media.IMAGENET_STD)
-    torch.testing.assert_close(imagenet(frames, random.Random(0))[0, :, 0, 0], expected)
+    torch.testing.assert_close(imagenet[0, :, 0, 0], expected)
 
 
 def test_crop_flip_test_mode_resizes_shorter_side_then_centre_crops():
@@ -258,7 +264,7 @@ def test_crop_flip_test_mode_resizes_shorter_side_then_centre_crops():
     frames[..., 0:24] = 0
     frames[..., 48:72] = 0
     # Shorter side to 24 -> 24x48 with black columns 0-11 and 24-35; the centre crop keeps columns 12-35.
-    output = media.VisionTransform(24, "crop_flip", training=False)(frames, random.Random(0))
+    output = transformed(24, "crop_flip", False, frames, random.Random(0))
     assert output.shape == (1, 3, 24, 24)
     for column in (2, 8):
         torch.testing.assert_close(output[0, :, 10, column], normalised(1.0))

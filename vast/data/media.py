@@ -3,16 +3,19 @@
 Decoding is PyAV for video and audio, PIL for still images; resizing and normalisation use
 torchvision's v2 functional ops and the filterbank is torchaudio's Kaldi-compatible fbank.
 Every failure a user can cause (a missing, unreadable or empty file) is a ``MediaError`` that
-names the file; a broken sample is never swapped for another one.
+names the file; a broken sample is never swapped for another one. A source is a path or a
+``MediaBytes`` (a file held in memory, e.g. a shard member), decoded the same way.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -38,7 +41,40 @@ AUDIO_MEAN = 15.41663
 AUDIO_STD = 6.55582
 SAMPLE_RATE = 16000
 
+# A wanted frame more than this many frames past the last decoded one is reached by seeking. It is
+# x264's default maximum keyframe interval, so for most encodes the keyframe a seek lands on lies past
+# the frames already decoded and seeking never decodes more than carrying on would; clips this short
+# are decoded sequentially, exactly as before seeking existed.
+SEEK_MIN_GAP = 250
+# Seek this many frames early: AVI and MPEG-TS find keyframes by decode time, which B-frames put up to
+# 16 frames (H.264's deepest reordering) before display time, so a seek to the exact time can land late.
+REORDER_MARGIN = 16
+# A frame is on the grid when its timestamp is within this many frame durations of a grid point.
+GRID_SLACK = Fraction(1, 4)
+
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MediaBytes:
+    """A media file held in memory (a shard member): its name, for messages, and its bytes."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _check_source(source) -> None:
+    if isinstance(source, MediaBytes):
+        if not source.data:
+            raise MediaError(source, "is empty (0 bytes)")
+        return
+    if not Path(source).is_file():
+        raise MediaError(source, "file not found")
+    if Path(source).stat().st_size == 0:
+        raise MediaError(source, "is empty (0 bytes); re-create or remove it")
 
 
 def find_media_file(folder, media_id: str, extensions) -> Path:
@@ -56,7 +92,7 @@ def find_media_file(folder, media_id: str, extensions) -> Path:
         if candidate.exists():
             return candidate
     tried = ", ".join(repr(extension) for extension in extensions)
-    raise DataError(f"{folder}: no media file for id {media_id!r} (tried extensions {tried})")
+    raise MediaError(folder / f"{media_id}.*", f"no media file for id {media_id!r} (tried extensions {tried})")
 
 
 def segment_indices(num_items: int, sample_num: int, training: bool, rng: random.Random) -> list[int]:
@@ -81,13 +117,20 @@ def segment_indices(num_items: int, sample_num: int, training: bool, rng: random
 
 
 def _open_container(path) -> av.container.InputContainer:
-    if not Path(path).is_file():
-        raise MediaError(path, "file not found")
+    _check_source(path)
+    # Tags are never read here, and PyAV's default strict decoding would turn one non-UTF-8 title
+    # (common in older AVI/MKV files) into a UnicodeDecodeError for the whole file.
+    source = io.BytesIO(path.data) if isinstance(path, MediaBytes) else str(path)
     try:
-        return av.open(str(path))
+        container = av.open(source, metadata_errors="replace")
     except av.FFmpegError as error:
         reason = f"cannot be opened as media ({error.strerror}); it is corrupt, truncated or not audio/video"
         raise MediaError(path, reason) from error
+    if not container.streams:
+        # A file cut off inside its header opens but lists no streams; "no video stream" would mislead.
+        container.close()
+        raise MediaError(path, "has no audio or video streams; it is truncated or not a media file")
+    return container
 
 
 def _count_video_frames(path) -> int:
@@ -132,29 +175,123 @@ def _decode_video_frames(path, wanted: list[int]) -> tuple[dict[int, np.ndarray]
     return kept, decoded
 
 
+@dataclass(frozen=True)
+class _FrameGrid:
+    """Constant-rate timing: frame ``i`` is shown at pts ``start + i * ticks`` (stream time_base units)."""
+
+    start: int
+    ticks: Fraction
+
+    def pts(self, index: int) -> int:
+        return math.floor(self.start + index * self.ticks)
+
+    def index(self, pts: int | None) -> int | None:
+        """The frame index at ``pts``, or None when pts is missing or not within GRID_SLACK of a grid point."""
+        if pts is None:
+            return None
+        position = (pts - self.start) / self.ticks
+        index = round(position)
+        return index if abs(position - index) <= GRID_SLACK else None
+
+
+def _frame_grid(container, stream, frame_count: int, first_pts: int | None) -> _FrameGrid | None:
+    """The stream's frame grid, or None when timestamps may not name frame indices (variable or unknown rate).
+
+    The sequential path numbers frames by counting them; a timestamp names the same frame only if every
+    frame sits on one constant-rate grid, so the last frame must sit exactly at index frame_count - 1.
+    That catches a variable rate and even a one-frame gap anywhere, where average_rate would not: MP4
+    derives it from the frame count and duration, so its grid always ends on the last frame. base_rate
+    is the rate the timestamps themselves step at. The grid starts at the first decoded frame, not at
+    start_time: AVI reports the first packet's decode time there, a frame early when B-frames reorder.
+    Finding the last timestamp moves the demuxer to the end; the caller must seek before decoding.
+    """
+    rate, time_base = stream.base_rate, stream.time_base
+    if not rate or not time_base or first_pts is None:
+        return None
+    grid = _FrameGrid(first_pts, 1 / (rate * time_base))
+    # Demuxing (without decoding) from the last keyframe to the end gives the last frame's timestamp.
+    container.seek(grid.pts(frame_count - 1), stream=stream, backward=True)
+    last_pts = max((packet.pts for packet in container.demux(stream) if packet.pts is not None), default=None)
+    return grid if grid.index(last_pts) == frame_count - 1 else None
+
+
+def _needs_seeking(wanted: list[int]) -> bool:
+    """Whether some wanted frame lies more than SEEK_MIN_GAP frames past the previous one (or the start)."""
+    positions = [-1, *sorted(set(wanted))]
+    return any(later - earlier > SEEK_MIN_GAP for earlier, later in zip(positions, positions[1:]))
+
+
+def _seek_video_frames(path, wanted: list[int], frame_count: int) -> tuple[dict[int, np.ndarray], int] | None:
+    """Decode the wanted frames by seeking near each far-off one: (rgb24 frames by index, count decoded).
+
+    Sequential decoding of a frame near the end of a long video decodes the whole video; here a wanted
+    frame more than SEEK_MIN_GAP frames ahead is reached by seeking to the keyframe before it instead.
+    Frames are identified by timestamp, so this returns None (decode sequentially instead) whenever a
+    timestamp might not name the frame that counting would: an unknown or variable frame rate, a frame
+    off the grid or out of step with its predecessor, a seek that lands past its target, the stream
+    ending first (a truncated file), or a decode error.
+    """
+    kept: dict[int, np.ndarray] = {}
+    with _open_container(path) as container:
+        stream = container.streams.video[0]
+        try:
+            first = next(container.decode(stream), None)
+            grid = None if first is None else _frame_grid(container, stream, frame_count, first.pts)
+            if grid is None:
+                return None
+            # Like the sequential path, every frame is converted at the first frame's size.
+            size = (first.width, first.height)
+            decoded, frames, position = 1, None, None  # the decode iterator and the index of its last frame
+            for target in sorted(set(wanted)):
+                if frames is None or target - position > SEEK_MIN_GAP:
+                    container.seek(grid.pts(max(0, target - REORDER_MARGIN)), stream=stream, backward=True)
+                    frames, position = container.decode(stream), None
+                while position != target:
+                    current = next(frames, None)
+                    if current is None:
+                        return None
+                    decoded += 1
+                    index = grid.index(current.pts)
+                    if index is None or index > target or (position is not None and index != position + 1):
+                        return None
+                    position = index
+                kept[target] = current.to_ndarray(format="rgb24", width=size[0], height=size[1])
+        except av.FFmpegError as error:
+            logger.info("%s: seeking failed (%s); decoding sequentially", path, error.strerror)
+            return None
+    return kept, decoded
+
+
 def read_video_frames(path, sample_num: int, training: bool, rng: random.Random) -> torch.Tensor:
-    """Decode ``sample_num`` frames spread over the whole video: uint8 [F, 3, H, W]."""
+    """Decode ``sample_num`` frames spread over the whole video: uint8 [F, 3, H, W].
+
+    Clips whose wanted frames are close together are decoded sequentially from the start; long videos
+    seek to each far-off wanted frame when their timestamps allow it (see ``_seek_video_frames``).
+    """
     frame_count = _count_video_frames(path)
     if frame_count == 0:
-        raise MediaError(path, "has a video stream with no frames")
+        raise MediaError(path, "has a video stream with no frames; the file is likely truncated")
     wanted = segment_indices(frame_count, sample_num, training, rng)
-    kept, decoded = _decode_video_frames(path, wanted)
-    if decoded <= max(wanted):
-        # The container promised more frames than decode (a truncated file): sample the real ones.
-        if decoded == 0:
-            raise MediaError(path, "has a video stream but no decodable frames; the file is likely corrupt")
-        wanted = segment_indices(decoded, sample_num, training, rng)
-        kept, _ = _decode_video_frames(path, wanted)
+    seeked = _seek_video_frames(path, wanted, frame_count) if _needs_seeking(wanted) else None
+    if seeked is not None:
+        kept, _ = seeked
+    else:
+        kept, decoded = _decode_video_frames(path, wanted)
+        if decoded <= max(wanted):
+            # The container promised more frames than decode (a truncated file): sample the real ones.
+            if decoded == 0:
+                raise MediaError(path, "has a video stream but no decodable frames; the file is likely corrupt")
+            wanted = segment_indices(decoded, sample_num, training, rng)
+            kept, _ = _decode_video_frames(path, wanted)
     frames = np.stack([kept[index] for index in wanted])  # [F, H, W, 3]
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
 
 def read_image(path) -> torch.Tensor:
     """Load one image as uint8 [1, 3, H, W] RGB."""
-    if not Path(path).is_file():
-        raise MediaError(path, "file not found")
+    _check_source(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path.data) if isinstance(path, MediaBytes) else path) as image:
             pixels = np.asarray(image.convert("RGB"))  # [H, W, 3]
     except OSError as error:  # PIL.UnidentifiedImageError is an OSError too
         raise MediaError(path, f"cannot be read as an image ({error})") from error
@@ -167,6 +304,11 @@ def _natural_key(path: Path) -> list:
 
 def read_frame_folder(folder, sample_num: int, training: bool, rng: random.Random) -> torch.Tensor:
     """Sample ``sample_num`` frames from a folder of image files (natural order): uint8 [F, 3, H, W]."""
+    return sample_images(frame_folder_images(folder), sample_num, training, rng)
+
+
+def frame_folder_images(folder) -> list[Path]:
+    """The image files of a frame folder in natural order (frame2 before frame10)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MediaError(folder, "frame folder not found")
@@ -175,13 +317,18 @@ def read_frame_folder(folder, sample_num: int, training: bool, rng: random.Rando
     )
     if not image_paths:
         raise MediaError(folder, f"frame folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    wanted = segment_indices(len(image_paths), sample_num, training, rng)
-    loaded = {index: read_image(image_paths[index])[0] for index in set(wanted)}
+    return image_paths
+
+
+def sample_images(sources: list, sample_num: int, training: bool, rng: random.Random) -> torch.Tensor:
+    """Sample ``sample_num`` of a clip's ordered frame images (paths or MediaBytes): uint8 [F, 3, H, W]."""
+    wanted = segment_indices(len(sources), sample_num, training, rng)
+    loaded = {index: read_image(sources[index])[0] for index in set(wanted)}
     first_shape = loaded[wanted[0]].shape
     for index, frame in loaded.items():
         if frame.shape != first_shape:
             raise MediaError(
-                image_paths[index], f"frame size {tuple(frame.shape[1:])} differs from {tuple(first_shape[1:])}"
+                sources[index], f"frame size {tuple(frame.shape[1:])} differs from {tuple(first_shape[1:])}"
             )
     return torch.stack([loaded[index] for index in wanted])
 
@@ -209,20 +356,19 @@ def _random_resized_crop_box(height: int, width: int, scale, ratio, rng: random.
 
 
 class VisionTransform:
-    """Resize/crop/flip a clip to [F, 3, R, R] and normalise it; one random draw covers the whole clip."""
+    """Resize/crop/flip a uint8 clip to [F, 3, R, R]; one random draw covers the whole clip.
+    Normalisation is `normalize_frames`, a step of its own (loaders leave it to the batch)."""
 
     NAMES = ("none", "crop_flip")
     CROP_SCALE = (0.8, 1.0)
     CROP_RATIO = (1.0, 1.0)
 
-    def __init__(self, resolution: int, transforms: str, training: bool, mean=CLIP_MEAN, std=CLIP_STD):
+    def __init__(self, resolution: int, transforms: str, training: bool):
         if transforms not in self.NAMES:
             raise DataError(f"unknown vision transforms {transforms!r}; choose one of {', '.join(self.NAMES)}")
         self.resolution = resolution
         self.transforms = transforms
         self.training = training
-        self.mean = list(mean)
-        self.std = list(std)
 
     def __call__(self, frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
         size = [self.resolution, self.resolution]
@@ -237,8 +383,15 @@ class VisionTransform:
                 frames = TF.hflip(frames)
         else:
             frames = TF.center_crop(TF.resize(frames, self.resolution, antialias=True), size)
-        frames = TF.to_dtype(frames, torch.float32, scale=True)  # [F, 3, R, R] in [0, 1]
-        return TF.normalize(frames, self.mean, self.std)
+        return frames  # uint8 [F, 3, R, R]
+
+
+def normalize_frames(frames: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 frames [..., 3, H, W] -> float32 scaled to [0, 1] and normalised per channel. Loaders
+    hand uint8 over (a quarter of the bytes between processes and to the GPU) and batches call this
+    on the device; the result is the same element by element wherever it runs on the CPU."""
+    frames = TF.to_dtype(frames, torch.float32, scale=True)
+    return TF.normalize(frames, list(mean), list(std))
 
 
 def load_waveform(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -331,14 +484,16 @@ def vision_normalisation(vision_encoder_type: str) -> tuple[tuple, tuple]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def load_vision(path, spec: VisionSpec, training: bool, rng: random.Random) -> torch.Tensor:
-    """Read a video, frame folder or image per ``spec`` and transform it: float32 [F, 3, R, R]."""
-    reader = VISION_READERS.get(spec.format)
+def load_vision(path, spec: VisionSpec, training: bool, rng: random.Random, normalize: bool = True) -> torch.Tensor:
+    """Read a video, frame folder or image per ``spec`` and transform it: float32 [F, 3, R, R]
+    (uint8 with ``normalize=False``; see `normalize_frames`). ``path`` may also be a list of frame
+    images (a clip stored as pre-sampled frames)."""
+    reader = sample_images if isinstance(path, list) else VISION_READERS.get(spec.format)
     if reader is None:
         raise DataError(f"unknown vision format {spec.format!r}; choose one of {', '.join(VISION_READERS)}")
-    transform = VisionTransform(spec.resolution, spec.transforms, training, spec.mean, spec.std)
-    frames = reader(path, spec.sample_num, training, rng)  # uint8 [F, 3, H, W]
-    return transform(frames, rng)
+    transform = VisionTransform(spec.resolution, spec.transforms, training)
+    frames = transform(reader(path, spec.sample_num, training, rng), rng)  # uint8 [F, 3, R, R]
+    return normalize_frames(frames, spec.mean, spec.std) if normalize else frames
 
 
 def load_audio(path, spec: AudioSpec, training: bool, rng: random.Random) -> torch.Tensor:
