@@ -9,7 +9,7 @@ import torch
 from vast.config import load_config
 from vast.data.annotations import AnnotationDataset, load_annotations, normalise_row
 from vast.data.batch import texts_for_group
-from vast.data.loader import ShardedSampler, build_dataloader
+from vast.data.loader import ShardedSampler, build_loader
 from vast.distributed import DistInfo
 from vast.errors import DataError
 from vast.tasks import Modality
@@ -27,7 +27,7 @@ def dataset_for(write_config, corpus, txt, task, split="val", **extra):
 
 
 def first_batch(dataset, config):
-    return next(iter(build_dataloader(dataset.entry, config, CPU, dataset)))
+    return next(iter(build_loader(dataset.entry, config, CPU, dataset))).to("cpu")
 
 
 def test_retrieval_test_batch_flattens_reference_captions(demo_corpus, write_config):
@@ -96,6 +96,8 @@ def test_audio_from_the_video_track_when_no_audio_folder(demo_corpus, write_conf
         ({"desc": "a cat"}, "no id key"),
         ({"video_id": "v1", "desc": 3}, "expected a string or a list"),
         ({"video_id": "v1", "desc": []}, "empty caption list"),
+        ({"video_id": "v1", "desc": ["a dog", "  "]}, "desc[1]: empty caption"),
+        ({"clip_id": "v1", "vast_cap": [""], "vision_cap": ["x"]}, "vast_cap[0]: empty caption"),
         ({"video_id": "v1", "question": ["a", "b"], "answer": ["x"]}, "2 questions but 1 answers"),
         ({"video_id": "v1", "desc": "x", "subtitle": None}, "subtitle: expected a string"),
         ("v1", "expected an object"),
@@ -153,7 +155,7 @@ def test_bad_media_stops_evaluation_but_is_skipped_in_training(demo_corpus, writ
     config = load_config(write_config([train], []))
     dataset = AnnotationDataset(config.train[0], config.model_cfg)
     batch = first_batch(dataset, config)
-    assert batch.ids == ["good"] and len(batch.skipped) == 1 and "broken.mp4" in batch.skipped[0]
+    assert batch.ids == ["good"] and len(batch.skipped) == 1 and "broken.mp4" in str(batch.skipped[0])
 
 
 def test_missing_audio_is_an_error_unless_allowed(demo_corpus, write_config, tmp_path):
@@ -178,3 +180,17 @@ def test_sharded_sampler_covers_every_item_once_in_evaluation():
     assert sorted(i for shard in shards for i in shard) == list(range(10))
     train = [list(ShardedSampler(10, rank, 3, shuffle=True, seed=1)) for rank in range(3)]
     assert len({len(s) for s in train}) == 1 and set(i for s in train for i in s) == set(range(10))
+
+
+def test_loaders_hand_over_uint8_frames_normalised_identically_by_to(demo_corpus, write_config):
+    """Workers send uint8 frames; Batch.to gives exactly what normalising each clip on its own gives."""
+    from vast.data import media
+    from vast.data.items import item_rng
+
+    dataset, config = dataset_for(write_config, demo_corpus, "ret_train.json", "ret%tv", split="train")
+    batch = next(iter(build_loader(dataset.entry, config, CPU, dataset)))
+    assert batch.vision.dtype == torch.uint8
+    order = list(build_loader(dataset.entry, config, CPU, dataset).dataloader.sampler)[:4]
+    expected = torch.stack([media.load_vision(dataset.vision_path(dataset.samples[i]), dataset.specs.vision, True,
+                                              item_rng(dataset.seed, 0, i)) for i in order])
+    assert torch.equal(batch.to("cpu").vision, expected)

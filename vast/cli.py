@@ -15,7 +15,7 @@ from pathlib import Path
 from vast.config import Config, check_data_paths, load_from_command_line
 from vast import distributed
 from vast.engine.logging import setup_logging
-from vast.errors import VastError
+from vast.errors import DataError, VastError
 
 logger = logging.getLogger("vast")
 
@@ -40,23 +40,25 @@ def describe_batch(batch) -> dict[str, str]:
 
 def inspect_data(config: Config, dist_info) -> list[dict]:
     """Build every dataset, decode one batch of each, and report what the model would receive."""
-    from vast.data.loader import build_dataloader, build_dataset
+    from vast.data.loader import build_loader
 
     report = []
     for entry in config.train + config.val:
-        dataset = build_dataset(entry, config)
-        loader = build_dataloader(entry, config, dist_info, dataset)
+        loader = build_loader(entry, config, dist_info, failures="collect")
         started = time.perf_counter()
-        batch = next(iter(loader))
+        batch = next(iter(loader), None)
         seconds = time.perf_counter() - started
+        if batch is None:
+            raise DataError(f"{entry.where}: no clip could be decoded; first problem: {loader.collected[0]}"
+                            if loader.collected else f"{entry.where}: the dataset is empty")
         if batch.skipped:
             logger.warning("%s: %d item(s) of the first batch failed to decode, e.g. %s",
                            entry.where, len(batch.skipped), batch.skipped[0])
         row = {"dataset": entry.name, "split": entry.split, "task": entry.task.text,
-               "items": len(dataset), "batch": len(batch), "fields": describe_batch(batch),
+               "items": loader.num_samples, "batch": len(batch), "fields": describe_batch(batch),
                "seconds": round(seconds, 2)}
-        logger.info("%s %s task=%s items=%d first batch (%d, %.2fs): %s", entry.split, entry.name,
-                    entry.task.text, len(dataset), len(batch), seconds,
+        logger.info("%s %s task=%s items=%s first batch (%d, %.2fs): %s", entry.split, entry.name,
+                    entry.task.text, loader.num_samples, len(batch), seconds,
                     ", ".join(f"{k} {v}" for k, v in row["fields"].items()))
         report.append(row)
     return report
@@ -66,6 +68,10 @@ def run(config: Config, dist_info) -> object:
     mode = config.run_cfg.mode
     if mode == "inspect":
         return inspect_data(config, dist_info)
+    if mode == "check_data":
+        from vast.data.check import check_data
+
+        return check_data(config, dist_info)
     from vast.engine.trainer import run_training
 
     return run_training(config, dist_info)

@@ -30,7 +30,7 @@ DEFAULTS_DIR = PROJECT_ROOT / "config" / "vast"
 CHOICES = {
     "run_cfg.optim": ("adamw", "adam"),
     "run_cfg.scheduler": ("warmup_linear", "warmup_cosine", "constant"),
-    "run_cfg.mode": ("training", "testing", "inspect"),
+    "run_cfg.mode": ("training", "testing", "inspect", "check_data"),
     "run_cfg.dataset_mix_type": ("random", "round_robin"),
 }
 
@@ -69,7 +69,10 @@ DATA_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "type": (str, "annoindexed", DATA_TYPES),
     "training": (bool, None, None),
     "name": (str, _REQUIRED, None),
-    "txt": (str, _REQUIRED, None),
+    "txt": (str, "", None),  # required for annoindexed
+    "shards": (list, [], None),  # type shards: a brace pattern, a list of URLs, or a shards.json
+    "shuffle_buffer": (int, 1000, None),
+    "resampled": (bool, False, None),
     "vision": (str, "", None),
     "audio": (str, "", None),
     "vision_format": (str, "video_rawvideo", VISION_FORMATS),
@@ -84,8 +87,10 @@ DATA_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "n_workers": (int, 0, None),
     "annfile": (str, "", None),
     "make_submission": (bool, False, None),
-    "allow_missing_audio": (bool, False, None),
+    "audio_missing": (str, "error", ("error", "zeros")),
+    "allow_missing_audio": (bool, False, None),  # older spelling of audio_missing: zeros
 }
+SHARD_MEDIA_KEYS = ("txt", "vision", "audio")
 
 
 def _suggest(word: str, choices) -> str:
@@ -217,10 +222,13 @@ class DataEntry:
     split: str  # "train" | "val"
     index: int
     name: str
-    txt: str
     task: TaskSpec
     batch_size: int
+    txt: str = ""
     type: str = "annoindexed"
+    shards: list = field(default_factory=list)
+    shuffle_buffer: int = 1000
+    resampled: bool = False
     vision: str = ""
     audio: str = ""
     vision_format: str = "video_rawvideo"
@@ -232,7 +240,7 @@ class DataEntry:
     n_workers: int = 0
     annfile: str = ""
     make_submission: bool = False
-    allow_missing_audio: bool = False
+    audio_missing: str = "error"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -271,6 +279,22 @@ def parse_data_entry(raw: Any, split: str, index: int) -> DataEntry:
         values[key] = coerce(raw[key], kind, f"{where}.{key}", choices)
     if values.pop("datatype") and "vision_format" not in raw:
         values["vision_format"] = raw["datatype"]
+    if values.pop("allow_missing_audio") and "audio_missing" not in raw:
+        values["audio_missing"] = "zeros"
+    if values["type"] == "annoindexed" and not values["txt"]:
+        raise ConfigError(f"{where}: missing required key 'txt' (the annotation file)")
+    if values["type"] == "shards":
+        if not values["shards"]:
+            raise ConfigError(f"{where}: a 'shards' entry needs 'shards': a brace pattern "
+                              "(\"data/shard-{000000..000009}.tar\"), a list of URLs, or a shards.json")
+        given = [key for key in SHARD_MEDIA_KEYS if key in raw]
+        if given:
+            raise ConfigError(f"{where}: '{given[0]}' does not apply to a 'shards' entry (the shards hold "
+                              "text and media); remove it")
+        if values["resampled"] and split == "train" and values["steps"] is None:
+            raise ConfigError(f"{where}: a resampled shard stream has no epochs; give 'steps'")
+    if values["shuffle_buffer"] < 0:
+        raise ConfigError(f"{where}.shuffle_buffer: must be 0 or more, got {values['shuffle_buffer']}")
     training = values.pop("training")
     if training is not None and training != (split == "train"):
         raise ConfigError(f"{where}: 'training' is {training} but the entry is listed under '{split}'")
@@ -498,9 +522,13 @@ def check_data_paths(config: Config) -> None:
              (config.run_cfg.checkpoint, "run_cfg.checkpoint", "file")]
     for entry in config.train + config.val:
         modalities = entry.task.modalities
-        paths.append((entry.txt, f"{entry.where}.txt", "file"))
         if entry.annfile:
             paths.append((entry.annfile, f"{entry.where}.annfile", "file"))
+        if entry.type == "shards":
+            index = entry.shards[0] if len(entry.shards) == 1 and str(entry.shards[0]).endswith(".json") else ""
+            paths.append((index, f"{entry.where}.shards", "file"))
+            continue
+        paths.append((entry.txt, f"{entry.where}.txt", "file"))
         if Modality.VISION in modalities or (Modality.AUDIO in modalities and not entry.audio):
             if entry.type == "annoindexed":
                 if not entry.vision:

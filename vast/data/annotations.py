@@ -13,18 +13,15 @@ id, what is wrong) before any training starts.
 
 from __future__ import annotations
 
-import random
-import zlib
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 
 from vast.config import DataEntry, read_json, resolve_path
 from vast.data import media
 from vast.data.batch import Batch, Item, Sample, collate, sample_problem
-from vast.errors import ConfigError, DataError
-from vast.tasks import Modality
+from vast.data.items import decode_item, item_rng, media_specs
+from vast.errors import ConfigError, DataError, MediaError
 
 
 ID_KEYS = ("video_id", "clip_id", "image_id", "id")
@@ -38,6 +35,15 @@ def _as_text_list(value, where: str) -> list[str]:
     return items
 
 
+def _captions(value, where: str) -> list[str]:
+    """Caption texts; an empty one would train on nothing and score as a blank reference."""
+    captions = _as_text_list(value, where)
+    for k, caption in enumerate(captions):
+        if not caption.strip():
+            raise DataError(f"{where}[{k}]: empty caption; give it text or remove it from the list")
+    return captions
+
+
 def normalise_row(row, where: str) -> Sample:
     """Turn one annotation row of any supported format into a Sample, or fail naming the row."""
     if not isinstance(row, dict):
@@ -49,12 +55,12 @@ def normalise_row(row, where: str) -> Sample:
     where = f"{where} ({sample.id})"
     caption_key = next((k for k in CAPTION_KEYS if k in row), None)
     if caption_key is not None:
-        sample.captions = _as_text_list(row[caption_key], f"{where}.{caption_key}")
+        sample.captions = _captions(row[caption_key], f"{where}.{caption_key}")
         if not sample.captions:
             raise DataError(f"{where}.{caption_key}: empty caption list")
     for key, attr in (("vision_cap", "vision_captions"), ("audio_cap", "audio_captions"), ("vast_cap", "omni_captions")):
         if key in row:
-            setattr(sample, attr, _as_text_list(row[key], f"{where}.{key}"))
+            setattr(sample, attr, _captions(row[key], f"{where}.{key}"))
     if "subtitle" in row:
         if not isinstance(row["subtitle"], str):
             raise DataError(f"{where}.subtitle: expected a string, got {row['subtitle']!r:.80}")
@@ -90,24 +96,11 @@ class AnnotationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.samples = load_annotations(entry.txt)
-        modalities = entry.task.modalities
-        self.needs_vision = Modality.VISION in modalities
-        self.needs_audio = Modality.AUDIO in modalities
-        self.needs_subtitle = Modality.SUBTITLE in modalities
+        self.specs = media_specs(entry, model_cfg)
         self.vision_dir = resolve_path(entry.vision) if entry.vision else None
         self.audio_dir = resolve_path(entry.audio) if entry.audio else None
-        if (self.needs_vision or (self.needs_audio and not self.audio_dir)) and self.vision_dir is None:
+        if (self.specs.needs_vision or (self.specs.needs_audio and not self.audio_dir)) and self.vision_dir is None:
             raise ConfigError(f"{entry.where}: task '{entry.task}' needs 'vision' (the media folder)")
-        mean, std = media.vision_normalisation(model_cfg.get("vision_encoder_type", ""))
-        self.vision_spec = media.VisionSpec(
-            format=entry.vision_format, sample_num=entry.vision_sample_num,
-            resolution=int(model_cfg.get("vision_resolution", 224)),
-            transforms=entry.vision_transforms, mean=mean, std=std,
-        )
-        self.audio_spec = media.AudioSpec(
-            sample_num=entry.audio_sample_num, melbins=int(model_cfg.get("audio_melbins", 64)),
-            target_length=int(model_cfg.get("audio_target_length", 1024)),
-        )
         self._check_text_fields()
 
     def _check_text_fields(self) -> None:
@@ -122,15 +115,12 @@ class AnnotationDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rng(self, index: int) -> random.Random:
-        return random.Random(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
-
     def vision_path(self, sample: Sample) -> Path:
-        fmt = self.vision_spec.format
+        fmt = self.specs.vision.format
         if fmt == "video_frame":
             folder = self.vision_dir / sample.id
             if not folder.is_dir():
-                raise DataError(f"frame folder not found: {folder} (dataset {self.entry.name})")
+                raise MediaError(folder, f"frame folder not found (dataset {self.entry.name})")
             return folder
         extensions = media.IMAGE_EXTENSIONS if fmt == "image_rawimage" else media.VIDEO_EXTENSIONS
         return media.find_media_file(self.vision_dir, sample.id, extensions)
@@ -141,35 +131,15 @@ class AnnotationDataset(Dataset):
             try:
                 return media.find_media_file(self.audio_dir, sample.id, media.AUDIO_EXTENSIONS)
             except DataError:
-                if self.vision_dir is None or self.vision_spec.format != "video_rawvideo":
+                if self.vision_dir is None or self.specs.vision.format != "video_rawvideo":
                     raise
         return media.find_media_file(self.vision_dir, sample.id, media.VIDEO_EXTENSIONS)
 
-    def _load_audio(self, sample: Sample, rng: random.Random) -> torch.Tensor:
-        try:
-            return media.load_audio(self.audio_path(sample), self.audio_spec, self.training, rng)
-        except DataError:
-            if not self.entry.allow_missing_audio:
-                raise
-            spec = self.audio_spec  # explicitly allowed by the config: silence stands in for no audio
-            return torch.zeros(spec.sample_num, spec.target_length, spec.melbins)
-
     def __getitem__(self, index: int) -> Item:
         sample = self.samples[index]
-        rng = self._rng(index)
-        item = Item(sample)
-        try:
-            if self.needs_vision:
-                item.vision = media.load_vision(self.vision_path(sample), self.vision_spec, self.training, rng)
-            if self.needs_audio:
-                item.audio = self._load_audio(sample, rng)
-        except DataError as error:
-            if not self.training:
-                raise  # evaluation never drops or replaces an item
-            item.failed = str(error)
-        if self.training:
-            item.choice = rng.random()
-        return item
+        return decode_item(sample, lambda: self.vision_path(sample), lambda: self.audio_path(sample), self.specs,
+                           self.training, item_rng(self.seed, self.epoch, index))
 
     def collate(self, items: list[Item]) -> Batch:
-        return collate(items, self.entry.name, self.task, self.training)
+        return collate(items, self.entry.name, self.task, self.training,
+                       (self.specs.vision.mean, self.specs.vision.std))

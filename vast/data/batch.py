@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vast.data.media import normalize_frames
 from vast.tasks import Modality, TaskSpec, TaskType
 
 
@@ -72,14 +73,26 @@ def group_names(task: TaskSpec) -> list[tuple[str, tuple[Modality, ...]]]:
     return list(named.items())
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a clip (or a whole shard) could not be used: the file and what is wrong with it."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}" if self.where else self.reason
+
+
 @dataclass
 class Item:
-    """One clip as a dataset hands it over: text, decoded media, or the reason its media failed."""
+    """One clip as a dataset hands it over: text, decoded media, or why it failed (then no sample
+    may be known, e.g. for an unreadable shard)."""
 
-    sample: Sample
+    sample: Sample | None
     vision: torch.Tensor | None = None  # [F, 3, H, W]
     audio: torch.Tensor | None = None  # [C, T, M]
-    failed: str | None = None  # training only: the media error, so collate can skip and count it
+    failed: Failure | None = None  # collate leaves the item out; the loader decides what that means
     choice: float = 0.0  # training: the item's draw, picks its caption and QA pair
     stream: dict | None = None  # shard streams: the reader's position after this item
 
@@ -109,9 +122,10 @@ class Batch:
     answers: list[str] | None = None
     question_ids: list[str] | None = None
     question_video_index: list[int] | None = None  # which clip of the batch each question is about
-    vision: torch.Tensor | None = None  # [B, F, 3, H, W]
+    vision: torch.Tensor | None = None  # [B, F, 3, H, W]: uint8 from a loader, float32 after `to`
+    vision_norm: tuple | None = None  # (mean, std) that `to` normalises uint8 frames with
     audio: torch.Tensor | None = None  # [B, C, T, M]
-    skipped: list[str] = field(default_factory=list)  # training: media that failed to decode
+    skipped: list[Failure] = field(default_factory=list)  # items left out: what failed and why
     stream: dict | None = None  # shard streams: the reader's position after this batch
 
     def __len__(self) -> int:
@@ -121,10 +135,13 @@ class Batch:
         return self.texts.get(group.name)
 
     def to(self, device) -> "Batch":
-        for name in ("vision", "audio"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device, non_blocking=True))
+        """Move the media to `device`; uint8 frames become normalised float32 there."""
+        if self.audio is not None:
+            self.audio = self.audio.to(device, non_blocking=True)
+        if self.vision is not None:
+            self.vision = self.vision.to(device, non_blocking=True)
+            if self.vision.dtype == torch.uint8:
+                self.vision = normalize_frames(self.vision, *self.vision_norm)
         return self
 
 
@@ -132,14 +149,15 @@ def _pick(texts: list, choice: float):
     return texts[int(choice * len(texts))]
 
 
-def collate(items: list[Item], dataset: str, task: TaskSpec, training: bool) -> Batch:
-    """Stack the media of the items that decoded and lay out their texts for `task`."""
+def collate(items: list[Item], dataset: str, task: TaskSpec, training: bool, vision_norm=None) -> Batch:
+    """Stack the media of the items that decoded and lay out their texts for `task`; `vision_norm`
+    is the (mean, std) the frames are normalised with when the batch moves to its device."""
     skipped = [item.failed for item in items if item.failed is not None]
     items = [item for item in items if item.failed is None]
     samples = [item.sample for item in items]
     streams = [item.stream for item in items if item.stream is not None]
     batch = Batch(dataset=dataset, task=task, ids=[s.id for s in samples], skipped=skipped,
-                  stream=streams[-1] if streams else None)
+                  stream=streams[-1] if streams else None, vision_norm=vision_norm)
     if not samples:
         return batch
     modalities = task.modalities

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from vast.config import MODEL_SCHEMA, Config
-from vast.data.loader import build_dataloader, build_dataset, set_epoch
+from vast.data.loader import build_loader
 from vast.distributed import DistInfo, barrier
 from vast.engine.optim import create_optimizer, create_scheduler
 from vast.errors import VastError
@@ -66,8 +66,7 @@ class Trainer:
         torch.manual_seed(int(self.run_cfg.seed) + dist_info.rank)
         random.seed(int(self.run_cfg.seed) + dist_info.rank)
         self.model = build_model(config).to(dist_info.device)
-        self.val_loaders = [build_dataloader(e, config, dist_info) for e in config.val]
-        self.skipped_media: list[str] = []
+        self.val_loaders = [build_loader(e, config, dist_info) for e in config.val]
         # loss name -> model_cfg key; an absent key takes the schema default (the original's value)
         weight_keys = {"contra": "contra_ratio", "itm": "itm_ratio", "caption": "caption_ratio", "qa": "qa_ratio",
                        **{k: k for k in ("contra_label_smoothing", "itm_random_negative_ratio",
@@ -141,9 +140,12 @@ class Trainer:
     def _train_loaders(self):
         loaders, steps = [], []
         for entry in self.config.train:
-            dataset = build_dataset(entry, self.config)
-            loaders.append(build_dataloader(entry, self.config, self.dist, dataset))
-            steps.append(entry.steps or max(1, math.ceil(entry.epoch * len(dataset) / entry.batch_size)))
+            loader = build_loader(entry, self.config, self.dist)
+            if not entry.steps and loader.num_samples is None:
+                raise VastError(f"{entry.where}: 'epoch' needs the corpus size; give 'steps', or name the "
+                                "writer's shards.json in 'shards' (it records the sample counts)")
+            loaders.append(loader)
+            steps.append(entry.steps or max(1, math.ceil(entry.epoch * loader.num_samples / entry.batch_size)))
         return loaders, steps
 
     def train(self) -> list[dict]:
@@ -205,16 +207,16 @@ class Trainer:
             if (step + 1) % eval_every == 0 or step + 1 == total:
                 records = self.evaluate(step + 1) if self.val_loaders else []
                 self.save(step + 1, optimizer, scheduler, scaler, records)
-        if self.skipped_media:
-            logger.warning("%d training item(s) skipped because their media failed to decode; first: %s",
-                           len(self.skipped_media), "; ".join(self.skipped_media[:3]))
+        for loader in loaders:
+            if loader.failure_log.count:
+                logger.warning("%s", loader.failure_log.summary())
         barrier()
         return records
 
     def _next_batch(self, loaders, iterators, epochs, index):
         while True:
             if iterators[index] is None:
-                set_epoch(loaders[index], epochs[index])
+                loaders[index].set_epoch(epochs[index])
                 iterators[index] = iter(loaders[index])
             try:
                 batch = next(iterators[index])
@@ -222,9 +224,7 @@ class Trainer:
                 iterators[index] = None
                 epochs[index] += 1
                 continue
-            self.skipped_media += batch.skipped
-            if len(batch):
-                return batch
+            return batch
 
 
 def best_metric(record: dict) -> tuple[str, float | None]:

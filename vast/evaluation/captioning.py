@@ -122,5 +122,5 @@ def evaluate_captioning(model, loader, entry, model_cfg, predictions: dict) -> d
             results[group.name] = coco_caption_scores(annfile_references, merged, entry.annfile)
         elif group_refs := {clip: texts for part in all_gather_objects(references[group.name])
                             for clip, texts in part.items()}:
-            results[group.name] = coco_caption_scores(group_refs, merged, entry.txt)
+            results[group.name] = coco_caption_scores(group_refs, merged, entry.txt or entry.name)
     return results
