@@ -449,3 +449,16 @@ def test_find_media_file_missing_names_folder_id_and_extensions(media_dir):
         media.find_media_file(media_dir, "video42", (".mp4", ".webm"))
     message = str(error.value)
     assert str(media_dir) in message and "video42" in message and ".mp4" in message and ".webm" in message
+
+
+@pytest.mark.parametrize("layout, rate, direct", [("mono", 16000, True), ("stereo", 16000, True),
+                                                   ("mono", 44100, False)])
+def test_pcm16_wav_is_read_directly_with_the_values_pyav_gives(tmp_path, layout, rate, direct):
+    path = tmp_path / f"{layout}_{rate}.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"anoisesrc=d=1.2:c=pink,aformat=channel_layouts={layout}", "-ar", str(rate),
+                    "-c:a", "pcm_s16le", str(path)], check=True)
+    assert (media._read_pcm16_wav(path, 16000) is not None) == direct
+    through_pyav = media.load_waveform(media.MediaBytes("same.bytes", path.read_bytes()))  # no .wav: PyAV
+    assert torch.equal(media.load_waveform(path), through_pyav)
+    assert torch.equal(media.load_waveform(media.MediaBytes("member.wav", path.read_bytes())), through_pyav)

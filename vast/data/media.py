@@ -14,6 +14,8 @@ import logging
 import math
 import random
 import re
+import wave
+from contextlib import nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -135,29 +137,34 @@ def _open_container(path) -> av.container.InputContainer:
 
 def _count_video_frames(path) -> int:
     with _open_container(path) as container:
-        if not container.streams.video:
-            raise MediaError(path, "has no video stream")
-        stream = container.streams.video[0]
-        if stream.frames > 0:
-            return stream.frames
-        # WebM and Matroska usually leave the frame count at 0; one packet per frame, and demuxing
-        # reads packets without decoding them. The final empty packet only flushes the decoder.
-        packet_count = 0
-        try:
-            for packet in container.demux(stream):
-                packet_count += packet.size > 0
-        except av.FFmpegError:
-            pass  # a truncated file; decoding finds the true count
-        return packet_count
+        return _count_frames_in(path, container)[0]
 
 
-def _decode_video_frames(path, wanted: list[int]) -> tuple[dict[int, np.ndarray], int]:
-    """Decode up to the last wanted index; return the wanted frames (rgb24 [H, W, 3]) and the count decoded."""
+def _count_frames_in(path, container) -> tuple[int, bool]:
+    """(frame count, whether counting read the file through): the container's count when it has one;
+    WebM and Matroska usually leave it at 0, and then the packets are counted (demuxed, not decoded)."""
+    if not container.streams.video:
+        raise MediaError(path, "has no video stream")
+    stream = container.streams.video[0]
+    if stream.frames > 0:
+        return stream.frames, False
+    packet_count = 0
+    try:
+        for packet in container.demux(stream):
+            packet_count += packet.size > 0  # the final empty packet only flushes the decoder
+    except av.FFmpegError:
+        pass  # a truncated file; decoding finds the true count
+    return packet_count, True
+
+
+def _decode_video_frames(path, wanted: list[int], container=None) -> tuple[dict[int, np.ndarray], int]:
+    """Decode up to the last wanted index; return the wanted frames (rgb24 [H, W, 3]) and the count
+    decoded. `container`: one already open at the start of the file (it stays open)."""
     needed, last = set(wanted), max(wanted)
     kept: dict[int, np.ndarray] = {}
     decoded = 0
     size = None
-    with _open_container(path) as container:
+    with nullcontext(container) if container is not None else _open_container(path) as container:
         # No frame threading (thread_type "AUTO"): once torchvision installs PyAV's log callback, a frame
         # thread logging a decode error while the codec is freed under the GIL deadlocks the process.
         stream = container.streams.video[0]
@@ -268,15 +275,17 @@ def read_video_frames(path, sample_num: int, training: bool, rng: random.Random)
     Clips whose wanted frames are close together are decoded sequentially from the start; long videos
     seek to each far-off wanted frame when their timestamps allow it (see ``_seek_video_frames``).
     """
-    frame_count = _count_video_frames(path)
-    if frame_count == 0:
-        raise MediaError(path, "has a video stream with no frames; the file is likely truncated")
-    wanted = segment_indices(frame_count, sample_num, training, rng)
-    seeked = _seek_video_frames(path, wanted, frame_count) if _needs_seeking(wanted) else None
+    with _open_container(path) as container:  # opened once for counting and a sequential decode
+        frame_count, read_through = _count_frames_in(path, container)
+        if frame_count == 0:
+            raise MediaError(path, "has a video stream with no frames; the file is likely truncated")
+        wanted = segment_indices(frame_count, sample_num, training, rng)
+        seeked = _seek_video_frames(path, wanted, frame_count) if _needs_seeking(wanted) else None
+        if seeked is None:
+            kept, decoded = _decode_video_frames(path, wanted, None if read_through else container)
     if seeked is not None:
         kept, _ = seeked
     else:
-        kept, decoded = _decode_video_frames(path, wanted)
         if decoded <= max(wanted):
             # The container promised more frames than decode (a truncated file): sample the real ones.
             if decoded == 0:
@@ -391,11 +400,37 @@ def normalize_frames(frames: torch.Tensor, mean, std) -> torch.Tensor:
     hand uint8 over (a quarter of the bytes between processes and to the GPU) and batches call this
     on the device; the result is the same element by element wherever it runs on the CPU."""
     frames = TF.to_dtype(frames, torch.float32, scale=True)
-    return TF.normalize(frames, list(mean), list(std))
+    return TF.normalize(frames, list(mean), list(std), inplace=True)  # in place: to_dtype made a copy
+
+
+def _read_pcm16_wav(path, sample_rate: int) -> torch.Tensor | None:
+    """A 16-bit PCM WAV already at ``sample_rate``, read directly: mono float32 [S], the values PyAV
+    gives (s16 / 32768, channels averaged), without its per-file probing. None for any other file."""
+    data = path.data if isinstance(path, MediaBytes) else None
+    if data is not None and not data.startswith(b"RIFF"):
+        return None
+    try:
+        with wave.open(io.BytesIO(data) if data is not None else str(path), "rb") as handle:
+            if handle.getsampwidth() != 2 or handle.getframerate() != sample_rate:
+                return None
+            channels, promised = handle.getnchannels(), handle.getnframes()
+            pcm = np.frombuffer(handle.readframes(promised), dtype="<i2")
+    except (wave.Error, EOFError, OSError):
+        return None  # not a PCM WAV: PyAV decodes it, or names what is wrong
+    pcm = pcm[: len(pcm) - len(pcm) % channels].reshape(-1, channels)
+    if len(pcm) == 0:
+        return None
+    if len(pcm) < promised:
+        logger.warning("%s: audio decoding stopped early (the file ends before its header says)", path)
+    samples = np.ascontiguousarray((pcm.astype(np.float32) / 32768).T)  # [channels, S], as PyAV's planes
+    return torch.from_numpy(samples.mean(axis=0))
 
 
 def load_waveform(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode the first audio stream of any media file to float32 mono [S] at ``sample_rate``."""
+    _check_source(path)
+    if str(path).lower().endswith(".wav") and (direct := _read_pcm16_wav(path, sample_rate)) is not None:
+        return direct
     chunks = []
     with _open_container(path) as container:
         if not container.streams.audio:
