@@ -98,11 +98,27 @@ def test_check_data_passes_on_good_data_and_shards(demo_corpus, write_config, tm
     assert report["ok"] and [d["items_read"] for d in report["datasets"]] == [16, 16]
 
 
-def test_shards_from_bad_media_record_the_failures(demo_corpus, bad_corpus, tmp_path):
+def test_shards_from_bad_media_record_the_failures(demo_corpus, bad_corpus, write_config, tmp_path):
+    import torch
+
+    from vast.config import load_config
+    from vast.data.loader import build_loader
     from vast.data.shards import main as write_shards
+    from vast.distributed import DistInfo
+    from vast.errors import DataError
 
     code = write_shards(["write", "--txt", str(bad_corpus / "anno.json"), "--vision", str(bad_corpus / "videos"),
                          "--out", str(tmp_path / "s"), "--media", "presampled", "--frames", "2"])
     index = json.loads((tmp_path / "s" / "shards.json").read_text())
     assert code == 1 and index["total"] == 5  # 4 good clips + the silent one (its audio is recorded missing)
     assert {f["clip_id"] for f in index["failed"]} == {"zero_bytes", "not_a_video", "truncated", "not_there"}
+    # the silent clip's missing audio is reported at read time, or silence when the entry asks for it
+    entry = {"type": "shards", "name": "bad_shards", "shards": str(tmp_path / "s" / "shards.json"),
+             "task": "ret%tva", "batch_size": 5, "vision_sample_num": 2}
+    cpu = DistInfo(0, 1, 0, torch.device("cpu"), None)
+    config = load_config(write_config([], [entry], name="a.json"))
+    with pytest.raises(DataError, match="silent.*no audio stream"):
+        list(build_loader(config.val[0], config, cpu))
+    config = load_config(write_config([], [dict(entry, audio_missing="zeros")], name="b.json"))
+    batch = next(iter(build_loader(config.val[0], config, cpu)))
+    assert batch.ids[-1] == "silent" and batch.audio[-1].abs().sum() == 0 and batch.audio[0].abs().sum() > 0
