@@ -250,3 +250,10 @@ def test_training_mixes_shards_and_files_under_torchrun(demo_corpus, test_shards
     records = [json.loads(line) for line in (out / "log" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 3 and records[-1]["dataset"] == "demo_shards"
     assert "training 3 steps over 2 dataset(s)" in (out / "log" / "log.txt").read_text()
+
+
+def test_shards_close_at_a_byte_budget(demo_corpus, tmp_path):
+    index = write(demo_corpus, tmp_path / "b", "ret_test.json", "--shard_bytes", "300000")
+    sizes = [s["bytes"] for s in index["shards"]]
+    assert index["total"] == 16 and len(sizes) > 2
+    assert all(300_000 <= size < 300_000 + 160_000 for size in sizes[:-1])  # one demo clip is < 160 kB

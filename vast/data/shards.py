@@ -77,10 +77,6 @@ class ShardSample:
     record: dict
     files: dict[str, bytes] = field(default_factory=dict)
 
-    @property
-    def size(self) -> int:
-        return sum(len(data) for data in self.files.values()) + len(json.dumps(self.record))
-
 
 def _tar_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
@@ -88,21 +84,37 @@ def _tar_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def write_shard(path: Path, samples: list[ShardSample]) -> int:
-    """Write one shard atomically (temporary file, then rename); returns its size in bytes."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as archive:
-        for sample in samples:
-            _tar_member(archive, f"{sample.key}.json", json.dumps(sample.record, ensure_ascii=False).encode())
-            for extension in sorted(sample.files):
-                _tar_member(archive, f"{sample.key}.{extension}", sample.files[extension])
-    tmp.replace(path)
-    return path.stat().st_size
+class ShardFile:
+    """One shard being written: members go to `<name>.tmp`, renamed to `<name>` by `finish()`, so
+    a shard on disk under its own name is always complete."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.archive = tarfile.open(self.tmp, "w", format=tarfile.PAX_FORMAT)
+        self.ids: list[str] = []
+
+    def add(self, sample: ShardSample) -> None:
+        _tar_member(self.archive, f"{sample.key}.json", json.dumps(sample.record, ensure_ascii=False).encode())
+        for extension in sorted(sample.files):
+            _tar_member(self.archive, f"{sample.key}.{extension}", sample.files[extension])
+        self.ids.append(sample.record["clip_id"])
+
+    @property
+    def bytes_written(self) -> int:
+        return self.archive.offset
+
+    def finish(self) -> int:
+        """Complete the shard (rename into place); returns its size in bytes."""
+        self.archive.close()
+        self.tmp.replace(self.path)
+        return self.path.stat().st_size
+
 
 
 class ShardSetWriter:
-    """Streams samples into numbered shards of at most `max_samples` samples or `max_bytes` bytes,
+    """Streams samples into numbered shards of at most `max_samples` samples or about `max_bytes`
+    bytes (a shard closes once it holds that much; nothing is held in memory but one sample),
     records each complete shard in the progress file, and writes `shards.json` on `close()`."""
 
     def __init__(self, out_dir, max_samples: int | None = None, max_bytes: int | None = None,
@@ -116,8 +128,7 @@ class ShardSetWriter:
         self.progress_path = self.out_dir / PROGRESS_NAME
         self.shards = self._complete_shards()
         self.done_ids = {clip for shard in self.shards for clip in shard.pop("ids_", [])}
-        self._buffer: list[ShardSample] = []
-        self._buffer_bytes = 0
+        self._current: ShardFile | None = None
 
     def _complete_shards(self) -> list[dict]:
         """Shards of an earlier run that are on disk at their recorded size."""
@@ -131,10 +142,11 @@ class ShardSetWriter:
         return complete
 
     def add(self, sample: ShardSample) -> None:
-        self._buffer.append(sample)
-        self._buffer_bytes += sample.size
-        if (self.max_samples and len(self._buffer) >= self.max_samples) or \
-                (self.max_bytes and self._buffer_bytes >= self.max_bytes):
+        if self._current is None:
+            self._current = ShardFile(self.out_dir / self._next_name())
+        self._current.add(sample)
+        if (self.max_samples and len(self._current.ids) >= self.max_samples) or \
+                (self.max_bytes and self._current.bytes_written >= self.max_bytes):
             self.flush()
 
     def _next_name(self) -> str:
@@ -142,16 +154,16 @@ class ShardSetWriter:
         return SHARD_NAME.format(max(used, default=-1) + 1)
 
     def flush(self) -> None:
-        if not self._buffer:
+        """Complete the shard being written, if any, and record it."""
+        if self._current is None:
             return
-        name = self._next_name()
-        size = write_shard(self.out_dir / name, self._buffer)
-        record = {"url": name, "samples": len(self._buffer), "bytes": size}
+        shard, self._current = self._current, None
+        size = shard.finish()
+        record = {"url": shard.path.name, "samples": len(shard.ids), "bytes": size}
         with open(self.progress_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({**record, "ids": [s.record["clip_id"] for s in self._buffer]}) + "\n")
+            handle.write(json.dumps({**record, "ids": shard.ids}) + "\n")
         self.shards.append(record)
-        logger.info("wrote %s (%d samples, %.1f MB)", name, len(self._buffer), size / 1e6)
-        self._buffer, self._buffer_bytes = [], 0
+        logger.info("wrote %s (%d samples, %.1f MB)", shard.path.name, len(shard.ids), size / 1e6)
 
     def close(self, failed: list[dict] | None = None) -> dict:
         self.flush()
