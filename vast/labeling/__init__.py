@@ -1,0 +1,1 @@
+"""The labeling pipeline: raw clips -> subtitles (Whisper), vision and audio captions, omni captions -> shards."""
