@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vast.data import media
+from vast.data import media, video
 from vast.errors import MediaError
 
 WIDTH, HEIGHT = 64, 48
@@ -219,7 +219,7 @@ def long_videos(tmp_path_factory):
 
 def sequential_frames(source, wanted):
     """The wanted frames (rgb24 [H, W, 3] by index) decoded from the start, as short clips always are."""
-    kept, decoded = media._decode_video_frames(source, wanted)
+    kept, decoded = video._decode_video_frames(source, wanted)
     assert decoded == max(wanted) + 1
     return kept
 
@@ -232,7 +232,7 @@ def as_clip(kept, wanted) -> torch.Tensor:
 @pytest.mark.parametrize("name", LONG_VIDEOS)
 def test_seek_path_returns_the_sequential_paths_frames(long_videos, name):
     path = long_videos[name]
-    frame_count = media._count_video_frames(path)
+    frame_count = video._count_video_frames(path)
     assert frame_count == LONG_FRAMES
     selections = [
         # The start, neighbours, far jumps and the very last frame. In the AVI, 307 sits two frames after a
@@ -244,8 +244,8 @@ def test_seek_path_returns_the_sequential_paths_frames(long_videos, name):
         media.segment_indices(frame_count, 3, True, random.Random(2)),
     ]
     for wanted in selections:
-        assert media._needs_seeking(wanted)
-        seeked, decoded = media._seek_video_frames(path, wanted, frame_count)
+        assert video._needs_seeking(wanted)
+        seeked, decoded = video._seek_video_frames(path, wanted, frame_count)
         expected = sequential_frames(path, wanted)
         assert decoded < max(wanted)
         assert seeked.keys() == expected.keys()
@@ -262,7 +262,7 @@ def test_read_video_frames_on_a_long_video_matches_sequential_decoding(long_vide
     for source in as_sources(path):
         frames = media.read_video_frames(source, 4, training, random.Random(5))
         wanted = media.segment_indices(LONG_FRAMES, 4, training, random.Random(5))
-        assert media._needs_seeking(wanted)
+        assert video._needs_seeking(wanted)
         assert torch.equal(frames, as_clip(sequential_frames(source, wanted), wanted))
 
 
@@ -270,9 +270,9 @@ def test_clips_up_to_the_seek_gap_are_always_decoded_sequentially():
     # Short clips keep the sequential path, so their frames are bit-identical to before seeking existed.
     for sample_num in range(1, 17):
         for training, seed in [(False, 0), *((True, seed) for seed in range(5))]:
-            wanted = media.segment_indices(media.SEEK_MIN_GAP, sample_num, training, random.Random(seed))
-            assert not media._needs_seeking(wanted)
-    assert media._needs_seeking([media.SEEK_MIN_GAP])  # 251 frames past the start
+            wanted = media.segment_indices(video.SEEK_MIN_GAP, sample_num, training, random.Random(seed))
+            assert not video._needs_seeking(wanted)
+    assert video._needs_seeking([video.SEEK_MIN_GAP])  # 251 frames past the start
 
 
 VARIABLE_RATE = {
@@ -302,11 +302,11 @@ def variable_rate_videos(tmp_path_factory):
 @pytest.mark.parametrize("name", ["hole.mp4", "hole.mkv", "slowdown.mp4", "slowdown.mkv", "raw.h264"])
 def test_variable_or_unknown_frame_rate_falls_back_to_sequential(variable_rate_videos, name):
     path = variable_rate_videos[name]
-    frame_count = media._count_video_frames(path)
+    frame_count = video._count_video_frames(path)
     assert frame_count == 600
     wanted = media.segment_indices(frame_count, 2, False, random.Random(0))  # 300 frames apart
-    assert media._needs_seeking(wanted)
-    assert media._seek_video_frames(path, wanted, frame_count) is None
+    assert video._needs_seeking(wanted)
+    assert video._seek_video_frames(path, wanted, frame_count) is None
     frames = media.read_video_frames(path, 2, False, random.Random(0))
     assert torch.equal(frames, as_clip(sequential_frames(path, wanted), wanted))
 
@@ -317,23 +317,23 @@ def test_a_gap_made_up_later_is_caught_while_decoding(tmp_path):
     timing = "settb=1/1000,setpts='if(lte(N,305),N,if(lt(N,400),N+5,if(lt(N,410),405+(N-400)/2,N)))/10/TB'"
     vfr = ["-vf", timing, "-fps_mode", "passthrough", "-r", "20", "-c:v", "libx264", "-g", "20"]
     path = pattern_video(tmp_path / "gap.mp4", 60, 10, *vfr)
-    frame_count = media._count_video_frames(path)
+    frame_count = video._count_video_frames(path)
     # The seek for 315 lands on the keyframe at 300; frame 306 then steps from grid point 305 to 311.
-    assert media._seek_video_frames(path, [0, 315], frame_count) is None
+    assert video._seek_video_frames(path, [0, 315], frame_count) is None
     # Decoding into the catch-up meets frames between grid points.
-    assert media._seek_video_frames(path, [0, 407], frame_count) is None
+    assert video._seek_video_frames(path, [0, 407], frame_count) is None
     # From a keyframe past the catch-up, timestamps name frames correctly again.
-    seeked, _ = media._seek_video_frames(path, [0, 449], frame_count)
+    seeked, _ = video._seek_video_frames(path, [0, 449], frame_count)
     assert torch.equal(as_clip(seeked, [0, 449]), as_clip(sequential_frames(path, [0, 449]), [0, 449]))
 
 
 def test_truncated_long_video_samples_among_the_frames_that_decode(long_videos, tmp_path):
     # The index promises every frame; seeking past the cut fails and the sequential path redraws the sample.
     cut = truncated(long_videos["faststart.mp4"], 0.6, tmp_path / "cut.mp4")
-    assert media._count_video_frames(cut) == LONG_FRAMES
+    assert video._count_video_frames(cut) == LONG_FRAMES
     wanted = media.segment_indices(LONG_FRAMES, 4, False, random.Random(0))
-    assert media._seek_video_frames(cut, wanted, LONG_FRAMES) is None
-    _, decodable = media._decode_video_frames(cut, [LONG_FRAMES - 1])
+    assert video._seek_video_frames(cut, wanted, LONG_FRAMES) is None
+    _, decodable = video._decode_video_frames(cut, [LONG_FRAMES - 1])
     assert 0 < decodable < LONG_FRAMES
     redrawn = media.segment_indices(decodable, 4, False, random.Random(0))
     frames = media.read_video_frames(cut, 4, False, random.Random(0))
@@ -357,16 +357,16 @@ def best_time(function, repeats=3) -> float:
 
 
 def test_half_hour_video_decodes_only_around_the_sampled_frames(half_hour_video):
-    frame_count = media._count_video_frames(half_hour_video)
+    frame_count = video._count_video_frames(half_hour_video)
     assert frame_count == 9000
     wanted = media.segment_indices(frame_count, 4, False, random.Random(0))
-    seeked, decoded = media._seek_video_frames(half_hour_video, wanted, frame_count)
+    seeked, decoded = video._seek_video_frames(half_hour_video, wanted, frame_count)
     # Each seek decodes from a keyframe at most 50 + REORDER_MARGIN frames before its target.
-    assert decoded <= len(wanted) * (50 + media.REORDER_MARGIN + 1) + 1
+    assert decoded <= len(wanted) * (50 + video.REORDER_MARGIN + 1) + 1
     assert torch.equal(as_clip(seeked, wanted), as_clip(sequential_frames(half_hour_video, wanted), wanted))
 
     read_seconds = best_time(lambda: media.read_video_frames(half_hour_video, 4, False, random.Random(0)))
-    full_seconds = best_time(lambda: media._decode_video_frames(half_hour_video, [frame_count - 1]), repeats=2)
+    full_seconds = best_time(lambda: video._decode_video_frames(half_hour_video, [frame_count - 1]), repeats=2)
     print(f"half-hour video: 4 frames in {read_seconds * 1000:.1f} ms ({decoded} decoded), "
           f"full sequential decode {full_seconds * 1000:.1f} ms ({frame_count} decoded)")
     assert full_seconds >= 5 * read_seconds

@@ -1,10 +1,12 @@
 """Turn media files into model-ready tensors: sampled video frames, images, and audio fbank slices.
 
-Decoding is PyAV for video and audio, PIL for still images; resizing and normalisation use
-torchvision's v2 functional ops and the filterbank is torchaudio's Kaldi-compatible fbank.
-Every failure a user can cause (a missing, unreadable or empty file) is a ``MediaError`` that
-names the file; a broken sample is never swapped for another one. A source is a path or a
-``MediaBytes`` (a file held in memory, e.g. a shard member), decoded the same way.
+Decoding is PyAV for video and audio (video frames: `vast.data.video`), PIL for still images;
+resizing and normalisation use torchvision's v2 functional ops and the filterbank is torchaudio's
+Kaldi-compatible fbank. Every failure a user can cause (a missing, unreadable or empty file) is a
+``MediaError`` that names the file; a broken sample is never swapped for another one. A source is a
+path or a ``MediaBytes`` (a file held in memory, e.g. a shard member), decoded the same way
+(`vast.data.sources`). This module is the one the datasets and the API import: the names of
+`sources` and `video` they use are available here too.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ import math
 import random
 import re
 import wave
-from contextlib import nullcontext
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -27,11 +27,10 @@ import torchaudio
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from vast.data.sources import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaBytes, check_source,
+                               find_media_file, open_container, segment_indices)
+from vast.data.video import read_video_frames
 from vast.errors import DataError, MediaError
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".flv")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -43,262 +42,12 @@ AUDIO_MEAN = 15.41663
 AUDIO_STD = 6.55582
 SAMPLE_RATE = 16000
 
-# A wanted frame more than this many frames past the last decoded one is reached by seeking. It is
-# x264's default maximum keyframe interval, so for most encodes the keyframe a seek lands on lies past
-# the frames already decoded and seeking never decodes more than carrying on would; clips this short
-# are decoded sequentially, exactly as before seeking existed.
-SEEK_MIN_GAP = 250
-# Seek this many frames early: AVI and MPEG-TS find keyframes by decode time, which B-frames put up to
-# 16 frames (H.264's deepest reordering) before display time, so a seek to the exact time can land late.
-REORDER_MARGIN = 16
-# A frame is on the grid when its timestamp is within this many frame durations of a grid point.
-GRID_SLACK = Fraction(1, 4)
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MediaBytes:
-    """A media file held in memory (a shard member): its name, for messages, and its bytes."""
-
-    name: str
-    data: bytes
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def _check_source(source) -> None:
-    if isinstance(source, MediaBytes):
-        if not source.data:
-            raise MediaError(source, "is empty (0 bytes)")
-        return
-    if not Path(source).is_file():
-        raise MediaError(source, "file not found")
-    if Path(source).stat().st_size == 0:
-        raise MediaError(source, "is empty (0 bytes); re-create or remove it")
-
-
-def find_media_file(folder, media_id: str, extensions) -> Path:
-    """Return ``folder/<media_id><ext>`` for the first extension that exists.
-
-    ``media_id`` may already carry one of the extensions. An extension of ``""`` matches
-    ``folder/<media_id>`` itself, which is how frame folders are found.
-    """
-    folder = Path(folder)
-    extensions = tuple(extensions)
-    candidates = [folder / f"{media_id}{extension}" for extension in extensions]
-    if Path(media_id).suffix.lower() in extensions:
-        candidates.insert(0, folder / media_id)
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    tried = ", ".join(repr(extension) for extension in extensions)
-    raise MediaError(folder / f"{media_id}.*", f"no media file for id {media_id!r} (tried extensions {tried})")
-
-
-def segment_indices(num_items: int, sample_num: int, training: bool, rng: random.Random) -> list[int]:
-    """Pick ``sample_num`` indices from ``range(num_items)``, one per contiguous near-equal segment.
-
-    Training picks a random item of each segment; evaluation picks each segment's middle item.
-    With fewer items than samples the last item repeats, so the result is always ``sample_num`` long.
-    """
-    if num_items <= 0:
-        raise ValueError(f"cannot sample from {num_items} items")
-    if sample_num <= 0:
-        raise ValueError(f"sample_num must be at least 1, got {sample_num}")
-    items = list(range(num_items)) + [num_items - 1] * max(0, sample_num - num_items)
-    size, remainder = divmod(len(items), sample_num)
-    segments = [
-        items[i * size + min(i, remainder) : (i + 1) * size + min(i + 1, remainder)]
-        for i in range(sample_num)
-    ]
-    if training:
-        return [rng.choice(segment) for segment in segments]
-    return [segment[(len(segment) + 1) // 2 - 1] for segment in segments]
-
-
-def _open_container(path) -> av.container.InputContainer:
-    _check_source(path)
-    # Tags are never read here, and PyAV's default strict decoding would turn one non-UTF-8 title
-    # (common in older AVI/MKV files) into a UnicodeDecodeError for the whole file.
-    source = io.BytesIO(path.data) if isinstance(path, MediaBytes) else str(path)
-    try:
-        container = av.open(source, metadata_errors="replace")
-    except av.FFmpegError as error:
-        reason = f"cannot be opened as media ({error.strerror}); it is corrupt, truncated or not audio/video"
-        raise MediaError(path, reason) from error
-    if not container.streams:
-        # A file cut off inside its header opens but lists no streams; "no video stream" would mislead.
-        container.close()
-        raise MediaError(path, "has no audio or video streams; it is truncated or not a media file")
-    return container
-
-
-def _count_video_frames(path) -> int:
-    with _open_container(path) as container:
-        return _count_frames_in(path, container)[0]
-
-
-def _count_frames_in(path, container) -> tuple[int, bool]:
-    """(frame count, whether counting read the file through): the container's count when it has one;
-    WebM and Matroska usually leave it at 0, and then the packets are counted (demuxed, not decoded)."""
-    if not container.streams.video:
-        raise MediaError(path, "has no video stream")
-    stream = container.streams.video[0]
-    if stream.frames > 0:
-        return stream.frames, False
-    packet_count = 0
-    try:
-        for packet in container.demux(stream):
-            packet_count += packet.size > 0  # the final empty packet only flushes the decoder
-    except av.FFmpegError:
-        pass  # a truncated file; decoding finds the true count
-    return packet_count, True
-
-
-def _decode_video_frames(path, wanted: list[int], container=None) -> tuple[dict[int, np.ndarray], int]:
-    """Decode up to the last wanted index; return the wanted frames (rgb24 [H, W, 3]) and the count
-    decoded. `container`: one already open at the start of the file (it stays open)."""
-    needed, last = set(wanted), max(wanted)
-    kept: dict[int, np.ndarray] = {}
-    decoded = 0
-    size = None
-    with nullcontext(container) if container is not None else _open_container(path) as container:
-        # No frame threading (thread_type "AUTO"): once torchvision installs PyAV's log callback, a frame
-        # thread logging a decode error while the codec is freed under the GIL deadlocks the process.
-        stream = container.streams.video[0]
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                decoded = index + 1
-                size = size or (frame.width, frame.height)
-                if index in needed:
-                    # Reformatting to the first frame's size keeps a mid-stream resolution change stackable.
-                    kept[index] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-                if index == last:
-                    break
-        except av.FFmpegError as error:
-            logger.warning("%s: video decoding stopped after %d frames (%s)", path, decoded, error.strerror)
-    return kept, decoded
-
-
-@dataclass(frozen=True)
-class _FrameGrid:
-    """Constant-rate timing: frame ``i`` is shown at pts ``start + i * ticks`` (stream time_base units)."""
-
-    start: int
-    ticks: Fraction
-
-    def pts(self, index: int) -> int:
-        return math.floor(self.start + index * self.ticks)
-
-    def index(self, pts: int | None) -> int | None:
-        """The frame index at ``pts``, or None when pts is missing or not within GRID_SLACK of a grid point."""
-        if pts is None:
-            return None
-        position = (pts - self.start) / self.ticks
-        index = round(position)
-        return index if abs(position - index) <= GRID_SLACK else None
-
-
-def _frame_grid(container, stream, frame_count: int, first_pts: int | None) -> _FrameGrid | None:
-    """The stream's frame grid, or None when timestamps may not name frame indices (variable or unknown rate).
-
-    The sequential path numbers frames by counting them; a timestamp names the same frame only if every
-    frame sits on one constant-rate grid, so the last frame must sit exactly at index frame_count - 1.
-    That catches a variable rate and even a one-frame gap anywhere, where average_rate would not: MP4
-    derives it from the frame count and duration, so its grid always ends on the last frame. base_rate
-    is the rate the timestamps themselves step at. The grid starts at the first decoded frame, not at
-    start_time: AVI reports the first packet's decode time there, a frame early when B-frames reorder.
-    Finding the last timestamp moves the demuxer to the end; the caller must seek before decoding.
-    """
-    rate, time_base = stream.base_rate, stream.time_base
-    if not rate or not time_base or first_pts is None:
-        return None
-    grid = _FrameGrid(first_pts, 1 / (rate * time_base))
-    # Demuxing (without decoding) from the last keyframe to the end gives the last frame's timestamp.
-    container.seek(grid.pts(frame_count - 1), stream=stream, backward=True)
-    last_pts = max((packet.pts for packet in container.demux(stream) if packet.pts is not None), default=None)
-    return grid if grid.index(last_pts) == frame_count - 1 else None
-
-
-def _needs_seeking(wanted: list[int]) -> bool:
-    """Whether some wanted frame lies more than SEEK_MIN_GAP frames past the previous one (or the start)."""
-    positions = [-1, *sorted(set(wanted))]
-    return any(later - earlier > SEEK_MIN_GAP for earlier, later in zip(positions, positions[1:]))
-
-
-def _seek_video_frames(path, wanted: list[int], frame_count: int) -> tuple[dict[int, np.ndarray], int] | None:
-    """Decode the wanted frames by seeking near each far-off one: (rgb24 frames by index, count decoded).
-
-    Sequential decoding of a frame near the end of a long video decodes the whole video; here a wanted
-    frame more than SEEK_MIN_GAP frames ahead is reached by seeking to the keyframe before it instead.
-    Frames are identified by timestamp, so this returns None (decode sequentially instead) whenever a
-    timestamp might not name the frame that counting would: an unknown or variable frame rate, a frame
-    off the grid or out of step with its predecessor, a seek that lands past its target, the stream
-    ending first (a truncated file), or a decode error.
-    """
-    kept: dict[int, np.ndarray] = {}
-    with _open_container(path) as container:
-        stream = container.streams.video[0]
-        try:
-            first = next(container.decode(stream), None)
-            grid = None if first is None else _frame_grid(container, stream, frame_count, first.pts)
-            if grid is None:
-                return None
-            # Like the sequential path, every frame is converted at the first frame's size.
-            size = (first.width, first.height)
-            decoded, frames, position = 1, None, None  # the decode iterator and the index of its last frame
-            for target in sorted(set(wanted)):
-                if frames is None or target - position > SEEK_MIN_GAP:
-                    container.seek(grid.pts(max(0, target - REORDER_MARGIN)), stream=stream, backward=True)
-                    frames, position = container.decode(stream), None
-                while position != target:
-                    current = next(frames, None)
-                    if current is None:
-                        return None
-                    decoded += 1
-                    index = grid.index(current.pts)
-                    if index is None or index > target or (position is not None and index != position + 1):
-                        return None
-                    position = index
-                kept[target] = current.to_ndarray(format="rgb24", width=size[0], height=size[1])
-        except av.FFmpegError as error:
-            logger.info("%s: seeking failed (%s); decoding sequentially", path, error.strerror)
-            return None
-    return kept, decoded
-
-
-def read_video_frames(path, sample_num: int, training: bool, rng: random.Random) -> torch.Tensor:
-    """Decode ``sample_num`` frames spread over the whole video: uint8 [F, 3, H, W].
-
-    Clips whose wanted frames are close together are decoded sequentially from the start; long videos
-    seek to each far-off wanted frame when their timestamps allow it (see ``_seek_video_frames``).
-    """
-    with _open_container(path) as container:  # opened once for counting and a sequential decode
-        frame_count, read_through = _count_frames_in(path, container)
-        if frame_count == 0:
-            raise MediaError(path, "has a video stream with no frames; the file is likely truncated")
-        wanted = segment_indices(frame_count, sample_num, training, rng)
-        seeked = _seek_video_frames(path, wanted, frame_count) if _needs_seeking(wanted) else None
-        if seeked is None:
-            kept, decoded = _decode_video_frames(path, wanted, None if read_through else container)
-    if seeked is not None:
-        kept, _ = seeked
-    else:
-        if decoded <= max(wanted):
-            # The container promised more frames than decode (a truncated file): sample the real ones.
-            if decoded == 0:
-                raise MediaError(path, "has a video stream but no decodable frames; the file is likely corrupt")
-            wanted = segment_indices(decoded, sample_num, training, rng)
-            kept, _ = _decode_video_frames(path, wanted)
-    frames = np.stack([kept[index] for index in wanted])  # [F, H, W, 3]
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
 
 def read_image(path) -> torch.Tensor:
     """Load one image as uint8 [1, 3, H, W] RGB."""
-    _check_source(path)
+    check_source(path)
     try:
         with Image.open(io.BytesIO(path.data) if isinstance(path, MediaBytes) else path) as image:
             pixels = np.asarray(image.convert("RGB"))  # [H, W, 3]
@@ -428,11 +177,11 @@ def _read_pcm16_wav(path, sample_rate: int) -> torch.Tensor | None:
 
 def load_waveform(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode the first audio stream of any media file to float32 mono [S] at ``sample_rate``."""
-    _check_source(path)
+    check_source(path)
     if str(path).lower().endswith(".wav") and (direct := _read_pcm16_wav(path, sample_rate)) is not None:
         return direct
     chunks = []
-    with _open_container(path) as container:
+    with open_container(path) as container:
         if not container.streams.audio:
             raise MediaError(path, "has no audio stream; use a file with sound or drop audio from this task")
         stream = container.streams.audio[0]
