@@ -195,3 +195,37 @@ def read_video_frames(path, sample_num: int, training: bool, rng: random.Random)
     frames = np.stack([kept[index] for index in wanted])  # [F, H, W, 3]
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
+
+
+def read_window_frames(path, start: float, end: float, sample_num: int) -> torch.Tensor:
+    """The frames on screen at the middles of ``sample_num`` equal parts of [start, end) seconds:
+    uint8 [F, 3, H, W]. Seeks to ``start`` and decodes to the last of them (a clip of a long video)."""
+    targets = [start + (k + 0.5) * (end - start) / sample_num for k in range(sample_num)]
+    chosen: list[np.ndarray] = []
+    with open_container(path) as container:
+        if not container.streams.video:
+            raise MediaError(path, "has no video stream")
+        stream = container.streams.video[0]
+        if start > 0 and stream.time_base:
+            container.seek(int(start / stream.time_base), stream=stream, backward=True)
+        previous, size = None, None
+        try:
+            for frame in container.decode(stream):
+                size = size or (frame.width, frame.height)
+                while len(chosen) < sample_num and frame.time is not None and frame.time > targets[len(chosen)]:
+                    # on screen at the target: the last frame that started at or before it
+                    shown = previous if previous is not None else frame
+                    chosen.append(shown.to_ndarray(format="rgb24", width=size[0], height=size[1]))
+                if len(chosen) == sample_num:
+                    break
+                previous = frame
+        except av.FFmpegError as error:
+            logger.warning("%s: video decoding stopped at %.2f s (%s)", path, previous.time if previous else 0,
+                           error.strerror)
+        reached_window = bool(chosen) or (previous is not None and (previous.time or 0) >= start)
+        if len(chosen) < sample_num and reached_window:
+            last = previous.to_ndarray(format="rgb24", width=size[0], height=size[1])
+            chosen += [last] * (sample_num - len(chosen))  # the window runs past the end of the video
+    if len(chosen) < sample_num:
+        raise MediaError(path, f"has no video frames between {start:.2f} s and {end:.2f} s")
+    return torch.from_numpy(np.stack(chosen)).permute(0, 3, 1, 2).contiguous()
