@@ -58,8 +58,7 @@ def failure_of(error: DataError) -> Failure:
 def _audio(find_source, specs: MediaSpecs, training: bool, rng: random.Random) -> torch.Tensor:
     """The clip's fbank slices; with `audio_missing: zeros`, silence when it has no audio at all."""
     try:
-        source = find_source() if callable(find_source) else find_source
-        return media.load_audio(source, specs.audio, training, rng)
+        return media.load_audio(find_source(), specs.audio, training, rng)
     except DataError as error:
         missing = not isinstance(error, MediaError) or "no audio stream" in error.reason
         if specs.audio_missing != "zeros" or not missing:
@@ -68,17 +67,16 @@ def _audio(find_source, specs: MediaSpecs, training: bool, rng: random.Random) -
         return torch.zeros(spec.sample_num, spec.target_length, spec.melbins)
 
 
-def decode_item(sample: Sample, vision_source, audio_source, specs: MediaSpecs, training: bool,
+def decode_item(sample: Sample, find_vision, find_audio, specs: MediaSpecs, training: bool,
                 rng: random.Random) -> Item:
-    """Decode what the task needs. `vision_source` / `audio_source` may be callables that find the
-    source (so a missing file is a failure of this item too)."""
+    """Decode what the task needs. `find_vision` / `find_audio` are called to find each source, only
+    when the task needs it, so a missing file is a failure of this item too."""
     item = Item(sample)
     try:
         if specs.needs_vision:
-            source = vision_source() if callable(vision_source) else vision_source
-            item.vision = media.load_vision(source, specs.vision, training, rng, normalize=False)  # uint8
+            item.vision = media.load_vision(find_vision(), specs.vision, training, rng, normalize=False)  # uint8
         if specs.needs_audio:
-            item.audio = _audio(audio_source, specs, training, rng)
+            item.audio = _audio(find_audio, specs, training, rng)
     except DataError as error:
         item.failed = failure_of(error)
         item.vision = item.audio = None

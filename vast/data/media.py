@@ -28,7 +28,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from vast.data.sources import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaBytes, check_source,
-                               find_media_file, open_container, segment_indices)
+                               find_media_file, open_container, probe_duration, segment_indices)
 from vast.data.video import read_video_frames
 from vast.errors import DataError, MediaError
 
@@ -177,7 +177,6 @@ def _read_pcm16_wav(path, sample_rate: int) -> torch.Tensor | None:
 
 def load_waveform(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode the first audio stream of any media file to float32 mono [S] at ``sample_rate``."""
-    check_source(path)
     if str(path).lower().endswith(".wav") and (direct := _read_pcm16_wav(path, sample_rate)) is not None:
         return direct
     chunks = []

@@ -198,14 +198,6 @@ class WriteOptions:
     source: str = ""
 
 
-def _duration(path: Path) -> float | None:
-    try:
-        with media.av.open(str(path)) as container:
-            return round(container.duration / 1e6, 3) if container.duration else None
-    except media.av.FFmpegError:
-        return None
-
-
 def _jpeg(frame: torch.Tensor, max_side: int) -> bytes:
     """uint8 [3, H, W] -> JPEG bytes, the shorter side scaled down to `max_side` (never up)."""
     image = Image.fromarray(frame.permute(1, 2, 0).numpy())
@@ -281,7 +273,10 @@ def clip_to_sample(row: dict, options: WriteOptions, where: str) -> ShardSample:
     if source is not None:
         record.setdefault("source", f"{options.source}{source.name}")
         if "duration" not in record and source.is_file():
-            record["duration"] = _duration(source)
+            try:
+                record["duration"] = round(media.probe_duration(source), 3)
+            except media.MediaError:
+                record["duration"] = None  # metadata only: the media itself decoded
     return ShardSample(shard_key(sample.id), record, files)
 
 

@@ -96,3 +96,14 @@ def open_container(path) -> av.container.InputContainer:
         container.close()
         raise MediaError(path, "has no audio or video streams; it is truncated or not a media file")
     return container
+
+
+def probe_duration(path) -> float:
+    """A media file's duration in seconds, from its container."""
+    with open_container(path) as container:
+        if container.duration:
+            return container.duration / 1e6
+        streams = [s for s in container.streams if s.duration and s.time_base]
+        if streams:
+            return max(float(s.duration * s.time_base) for s in streams)
+    raise MediaError(path, "has no known duration; it is truncated or a stream without an index")

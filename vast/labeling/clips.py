@@ -41,17 +41,6 @@ class SplitConfig:
                               f"{self.min_seconds}, {self.clip_seconds}, {self.max_seconds}")
 
 
-def probe_duration(path) -> float:
-    """A media file's duration in seconds, from its container."""
-    with media.open_container(path) as container:
-        if container.duration:
-            return container.duration / 1e6
-        streams = [s for s in container.streams if s.duration and s.time_base]
-        if streams:
-            return max(float(s.duration * s.time_base) for s in streams)
-    raise MediaError(path, "has no known duration; it is truncated or a stream without an index")
-
-
 def scene_cuts(path, threshold: float) -> list[float]:
     """Times (seconds) where ffmpeg's scene-change score exceeds `threshold`."""
     result = subprocess.run(["ffmpeg", "-hide_banner", "-nostats", "-i", str(path), "-an", "-filter:v",
@@ -95,7 +84,7 @@ class ClipSplitter(Stage):
         self.config = config or SplitConfig()
 
     def spans(self, path: Path) -> list[tuple[float, float]]:
-        duration = probe_duration(path)
+        duration = media.probe_duration(path)
         if self.config.mode == "none":
             return [(0.0, round(duration, 3))]
         if self.config.mode == "fixed":
