@@ -98,15 +98,3 @@ def test_caption_and_qa_training_and_evaluation(demo_corpus, write_config, tmp_p
     assert len(answers) == questions and {"question", "answer", "prediction", "video_id"} <= set(answers[0])
     log = (out / "log" / "log.txt").read_text()
     assert "caption_tvas" in log and "qa_tv" in log
-
-
-def test_captioner_mode_samples_several_captions_without_references(demo_corpus, write_config, tmp_path):
-    val = [demo_entry(demo_corpus, "val", "captioner_meta.json", "cap%tv", batch_size=8)]
-    config = write_config(val=val, model={"captioner_mode": True, "generate_nums": 3, "max_caption_len": 6})
-    out = tmp_path / "captioner"
-    result = run(["--config", str(config), "--output_dir", str(out)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    files = list((out / "log").glob("predictions_*_cap_step*.json"))
-    assert len(files) == 1
-    captions = json.loads(files[0].read_text())["tv"]
-    assert len(captions) == 24 and all(len(c) == 3 for c in captions.values())

@@ -89,8 +89,11 @@ class Trainer:
             started = time.perf_counter()
             for task_type in entry.task.types:
                 predictions: dict = {}
+                evaluate = EVALUATORS[task_type]
+                if task_type is TaskType.CAPTION:  # captioner mode writes its captions there as it goes
+                    evaluate = functools.partial(evaluate, log_dir=self.output_dir / "log", step=step)
                 with autocast_context(self.run_cfg, self.dist.device):
-                    results = EVALUATORS[task_type](self.model, loader, entry, self.config.model_cfg, predictions)
+                    results = evaluate(self.model, loader, entry, self.config.model_cfg, predictions)
                 self._write_predictions(entry.name, task_type, step, predictions)
                 for group, metrics in results.items():
                     records.append({"step": step, "dataset": entry.name, "task": entry.task.text,
@@ -104,7 +107,8 @@ class Trainer:
         return records
 
     def _write_predictions(self, dataset: str, task_type: TaskType, step: int, predictions: dict) -> None:
-        """Generated captions / answers as JSON beside metrics.jsonl, one file per dataset, type and step."""
+        """Generated captions / answers as JSON beside metrics.jsonl, one file per dataset, type and step
+        (captioner mode leaves `predictions` empty: it writes its own files, see evaluate_captioning)."""
         if not predictions or not self.dist.is_main:
             return
         path = self.output_dir / "log" / f"predictions_{dataset}_{task_type.value}_step{step}.json"
