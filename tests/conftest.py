@@ -36,6 +36,25 @@ def demo_entry(corpus: Path, split: str, txt: str, task: str, **extra) -> dict:
     return entry
 
 
+@pytest.fixture(scope="session")
+def captioner_run(tmp_path_factory):
+    """A small random VAST run folder laid out as training writes it (log/hps.json + ckpt/), for the
+    labeling stages: it writes nonsense captions of at most 8 tokens, quickly and reproducibly."""
+    import torch
+
+    from test_model import model_cfg
+    from vast.models.checkpoints import atomic_save
+    from vast.models.vast import VAST
+
+    torch.manual_seed(5)
+    cfg = model_cfg(max_vision_sample_num=4, max_caption_len=8)
+    root = tmp_path_factory.mktemp("captioner")
+    (root / "log").mkdir()
+    (root / "log" / "hps.json").write_text(json.dumps({"run_cfg": {}, "model_cfg": cfg}))
+    atomic_save(VAST(cfg).state_dict(), root / "ckpt" / "model_step_1.pt")
+    return root
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a config file with the project's default blocks and the given data entries."""

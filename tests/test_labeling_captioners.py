@@ -1,6 +1,5 @@
 """Labeling stage: VAST captioners (vision `tv`, audio `ta`) caption decoded clips by top-k sampling."""
 
-import json
 import subprocess
 
 import pytest
@@ -9,22 +8,6 @@ import torch
 from vast.errors import ConfigError
 from vast.labeling.captioners import CaptionerConfig, VastCaptioner
 from vast.labeling.clips import ClipDecoder, ClipSplitter, DecodeConfig
-from vast.models.checkpoints import atomic_save
-from vast.models.vast import VAST
-
-from test_model import model_cfg
-
-
-@pytest.fixture(scope="module")
-def captioner_run(tmp_path_factory):
-    """A small random VAST run folder laid out as training writes it (log/hps.json + ckpt/)."""
-    torch.manual_seed(5)
-    cfg = model_cfg(max_vision_sample_num=4)
-    root = tmp_path_factory.mktemp("captioner")
-    (root / "log").mkdir()
-    (root / "log" / "hps.json").write_text(json.dumps({"run_cfg": {}, "model_cfg": cfg}))
-    atomic_save(VAST(cfg).state_dict(), root / "ckpt" / "model_step_1.pt")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -320,6 +320,16 @@ class CommandLine:
 
 
 def parse_command_line(argv: list[str]) -> CommandLine:
+    """`--config FILE` and the other options of run.py (see `parse_options`)."""
+    overrides = parse_options(argv)
+    overrides.pop("local_rank", None)  # torch.distributed.launch passes it; the environment has it too
+    config = overrides.pop("config", None)
+    if not config or len(config) != 1:
+        raise ConfigError("give a config file: python run.py --config config/vast/finetune_cfg/retrieval-msrvtt.json")
+    return CommandLine(config[0], overrides)
+
+
+def parse_options(argv: list[str]) -> dict[str, list[str]]:
     """Split `--key value [value ...]` / `--key=value` / `--flag` tokens; no knowledge of keys here."""
     overrides: dict[str, list[str]] = {}
     current = None
@@ -335,11 +345,7 @@ def parse_command_line(argv: list[str]) -> CommandLine:
             overrides[current].append(token)
         else:
             raise ConfigError(f"unexpected argument {token!r}: options are written --key value")
-    overrides.pop("local_rank", None)  # torch.distributed.launch passes it; the environment has it too
-    config = overrides.pop("config", None)
-    if not config or len(config) != 1:
-        raise ConfigError("give a config file: python run.py --config config/vast/finetune_cfg/retrieval-msrvtt.json")
-    return CommandLine(config[0], overrides)
+    return overrides
 
 
 def _option_value(tokens: list[str], spec: KeySpec, where: str) -> Any:

@@ -198,7 +198,7 @@ class WriteOptions:
     source: str = ""
 
 
-def _jpeg(frame: torch.Tensor, max_side: int) -> bytes:
+def jpeg_bytes(frame: torch.Tensor, max_side: int) -> bytes:
     """uint8 [3, H, W] -> JPEG bytes, the shorter side scaled down to `max_side` (never up)."""
     image = Image.fromarray(frame.permute(1, 2, 0).numpy())
     scale = max_side / min(image.size)
@@ -210,10 +210,9 @@ def _jpeg(frame: torch.Tensor, max_side: int) -> bytes:
     return out.getvalue()
 
 
-def _wav_16k(source) -> bytes:
-    """The first audio stream of a file as 16 kHz mono PCM16 WAV bytes."""
-    waveform = media.load_waveform(source).clamp(-1, 1)
-    pcm = (waveform.numpy() * 32767).round().astype(np.int16)
+def wav_bytes(waveform) -> bytes:
+    """A 16 kHz mono float waveform (tensor or array) as PCM16 WAV bytes."""
+    pcm = (np.clip(np.asarray(waveform, dtype=np.float32), -1, 1) * 32767).round().astype(np.int16)
     out = io.BytesIO()
     with wave.open(out, "wb") as handle:
         handle.setnchannels(1)
@@ -221,6 +220,11 @@ def _wav_16k(source) -> bytes:
         handle.setframerate(media.SAMPLE_RATE)
         handle.writeframes(pcm.tobytes())
     return out.getvalue()
+
+
+def _wav_16k(source) -> bytes:
+    """The first audio stream of a file as 16 kHz mono PCM16 WAV bytes."""
+    return wav_bytes(media.load_waveform(source))
 
 
 def _vision_members(path: Path, options: WriteOptions) -> dict[str, bytes]:
@@ -236,8 +240,8 @@ def _vision_members(path: Path, options: WriteOptions) -> dict[str, bytes]:
     reader = media.VISION_READERS[fmt]
     frames = reader(path, 1 if fmt == "image_rawimage" else options.frames, False, random.Random(0))
     if fmt == "image_rawimage":
-        return {"jpg": _jpeg(frames[0], options.frame_size)}
-    return {f"{FRAME_MEMBER.format(i)}.jpg": _jpeg(frame, options.frame_size) for i, frame in enumerate(frames)}
+        return {"jpg": jpeg_bytes(frames[0], options.frame_size)}
+    return {f"{FRAME_MEMBER.format(i)}.jpg": jpeg_bytes(frame, options.frame_size) for i, frame in enumerate(frames)}
 
 
 def clip_to_sample(row: dict, options: WriteOptions, where: str) -> ShardSample:

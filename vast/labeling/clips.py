@@ -70,12 +70,14 @@ def split_spans(duration: float, cuts: list[float], config: SplitConfig) -> list
     return spans
 
 
-def clip_id(source: Path, start: float, end: float, whole: bool) -> str:
-    return source.stem if whole else f"{source.stem}_{round(start * 1000):08d}_{round(end * 1000):08d}"
+def clip_id(base: str, start: float, end: float, whole: bool) -> str:
+    """A whole file is its own clip (`base`); a window adds its start and end in milliseconds."""
+    return base if whole else f"{base}_{round(start * 1000):08d}_{round(end * 1000):08d}"
 
 
 class ClipSplitter(Stage):
-    """Labeling stage: `{"source": path}` records -> one record per clip of each source."""
+    """Labeling stage: `{"source": path, "source_id"?}` records -> one record per clip of each source.
+    Clip ids start with `source_id` (default: the file name without extension)."""
 
     name = "split"
     resources = Resources(cpus=1.0)
@@ -98,14 +100,15 @@ class ClipSplitter(Stage):
         clips = []
         for record in batch:
             source = Path(record["source"])
+            base = record.get("source_id") or source.stem
             try:
                 spans = self.spans(source)
             except MediaError as error:
-                clips.append({"clip_id": source.stem, "source": str(source), "error": str(error)})
+                clips.append({"clip_id": base, "source": str(source), "error": str(error)})
                 continue
             whole = self.config.mode == "none"
-            clips += [{"clip_id": clip_id(source, start, end, whole), "source": str(source), "start": start,
-                       "end": end, "duration": round(end - start, 3)} for start, end in spans]
+            clips += [{"clip_id": clip_id(base, start, end, whole), "source": str(source), "start": start,
+                       "end": end, "duration": round(end - start, 3), "whole": len(spans) == 1} for start, end in spans]
         return clips
 
 
