@@ -63,3 +63,48 @@ def test_a_folder_without_a_model_is_named(tmp_path):
 def test_word_error_rate():
     assert word_error_rate(["Close the door."], ["close the door"]) == 0
     assert word_error_rate(["close the door", "wash the car"], ["close my door", "wash the car now"]) == 2 / 6
+
+
+@pytest.fixture(scope="module")
+def openai_checkpoint(tmp_path_factory):
+    """A small openai-whisper checkpoint in the package's own file layout ({"dims", "model_state_dict"}),
+    randomly initialised: no real openai-whisper weights can be had offline here."""
+    import dataclasses
+
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51864, n_text_ctx=32, n_text_state=64, n_text_head=2, n_text_layer=1)
+    path = tmp_path_factory.mktemp("openai_whisper") / "tiny-random.en.pt"
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)
+    return path
+
+
+def test_openai_whisper_checkpoints_load_offline_and_keep_the_guards(openai_checkpoint, demo_corpus, tmp_path):
+    from vast.labeling.asr import OpenAIWhisperBackend
+
+    stage = WhisperSubtitles(AsrConfig(model=str(openai_checkpoint), beam_size=1))
+    stage.setup()
+    assert isinstance(stage.model, OpenAIWhisperBackend)
+    speech = media.load_waveform(demo_corpus / "videos" / "demo_0000.mp4").numpy()
+    segments, language = stage.model.transcribe(speech)  # random weights: segments, but no real words
+    assert segments and language == "en" and all(s.end > s.start >= 0 for s in segments)
+    first = stage.transcribe(speech)
+    assert first == stage.transcribe(speech)  # the temperature fallback is seeded per clip
+    # a random model's windows fail Whisper's own signals: the guards drop them, as they drop hallucinations
+    assert first.text == "" and not any(stage._is_speech(s) for s in segments)
+    path = tmp_path / "noise.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "anoisesrc=d=3:c=pink:a=0.3",
+                    "-ar", "16000", "-ac", "1", str(path)], check=True)
+    assert stage.model.transcribe(media.load_waveform(path).numpy()) == ([], "")  # VAD: nobody speaks
+
+
+def test_a_file_that_is_no_openai_whisper_checkpoint_is_named(tmp_path):
+    import torch
+
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ConfigError, match=f"{path}: not an openai-whisper checkpoint"):
+        WhisperSubtitles(AsrConfig(model=str(path))).setup()
