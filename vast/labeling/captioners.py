@@ -38,6 +38,7 @@ class CaptionerConfig:
     max_len: int = 0  # 0: the model's max_caption_len
     audio_slices: int = 1
     seed: int = 0
+    threads: int = 0  # torch CPU threads; 0: leave torch's setting
 
     def __post_init__(self):
         if self.group not in OUTPUT_FIELD:
@@ -57,6 +58,8 @@ class VastCaptioner(Stage):
     def setup(self) -> None:
         import vast
 
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
         self.model = vast.load_model(self.config.model)
         if torch.cuda.is_available():
             self.model = self.model.cuda()
