@@ -4,9 +4,10 @@ from vast.demo import main, results_table
 
 
 def test_inspect_runs_every_demo_config(demo_corpus, tmp_path, capsys):
-    assert main(["--data_dir", str(demo_corpus), "--output_dir", str(tmp_path), "--clips", "24", "--inspect"]) == 0
+    assert main(["--data_dir", str(demo_corpus), "--output_dir", str(tmp_path), "--clips", "24", "--raw_clips", "0",
+                 "--inspect"]) == 0
     out = capsys.readouterr().out
-    for name in ("pretrain-demo", "retrieval-demo", "caption-demo", "qa-demo", "captioner-demo"):
+    for name in ("label-captioners-demo", "retrieval-demo", "caption-demo", "qa-demo", "captioner-demo"):
         assert name in out
     assert "questions" in out and "vision 16x4x3x64x64" in out
 
@@ -26,7 +27,7 @@ def test_baselines_use_the_most_frequent_training_caption_and_answer(demo_corpus
 
     from vast.demo import _demo_config, caption_baseline, generation_table, qa_baseline
 
-    args = argparse.Namespace(data_dir=str(demo_corpus))
+    args = argparse.Namespace(data_dir=str(demo_corpus), output_dir=str(tmp_path))
     caption, scores = caption_baseline(_demo_config("caption-demo", {}, args))
     train = json.loads((demo_corpus / "annotations" / "cap_train.json").read_text())
     assert caption == Counter(row["desc"] for row in train).most_common(1)[0][0]

@@ -24,7 +24,9 @@ such controlled stimuli; speech comes from espeak-ng and encoding from ffmpeg (D
 
 Files written under ``out_dir``: ``videos/<id>.mp4`` (H.264 + AAC), ``audios/<id>.wav`` (16 kHz mono
 PCM16), ``speech/<word>.wav`` (the cached phrases), ``annotations/*.json`` (every format of DESIGN 2.4)
-and ``MANIFEST.json`` (written last; its presence marks a complete build).
+and ``MANIFEST.json`` (written last; its presence marks a complete build). With ``raw_clips`` > 0,
+``raw/<id>.mp4`` holds that many more clips that no annotation file mentions (the labeling pipeline's
+input in the demo) and ``annotations/raw_truth.json`` their factors, to measure the labels against.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ _SOUND_PHRASES = {
     "hiss": ("a soft hiss", "a hissing noise"),
     "whistle": ("a rising whistle", "a whistle rising in pitch"),
 }
+_SOUND_WORDS = {"hum": ("hum", "humming"), "alarm": ("alarm",), "hiss": ("hiss", "hissing"), "whistle": ("whistle",)}
 _SPEAKERS = ("someone", "a voice", "a person", "a speaker")
 _OMNI_TEMPLATES = (
     "{picture} while {sound} plays and {speaker} says {word}",
@@ -148,6 +151,32 @@ def plan_clips(num_clips: int, seed: int) -> list[ClipSpec]:
     return clips
 
 
+def plan_raw_clips(num_raw: int, first_index: int, seed: int) -> list[ClipSpec]:
+    """``num_raw`` extra clips held out as "raw videos" for the labeling demo: factors drawn like the
+    training clips' (pictures in turn, sounds and phrases from balanced shuffles) from a generator of
+    their own, so adding them changes none of the other clips."""
+    rng = np.random.default_rng([seed, 3])
+    words = list(PHRASES)
+    sounds = rng.permutation(np.resize(np.arange(len(SOUNDS)), num_raw))
+    speech = rng.permutation(np.resize(np.arange(len(words)), num_raw))
+    pictures = rng.permutation(np.resize(np.arange(len(PICTURES)), num_raw))
+    return [ClipSpec(first_index + i, f"raw_{i:04d}", *PICTURES[int(pictures[i])], SOUNDS[int(sounds[i])],
+                     words[int(speech[i])], "raw") for i in range(num_raw)]
+
+
+def raw_truth(clips: list[ClipSpec]) -> list[dict]:
+    """What each raw clip shows, sounds like and says: the ground truth its labels are measured against."""
+    return [{"clip_id": c.clip_id, "color": c.color, "motion": c.motion, "sound": c.sound, "word": c.word,
+             "phrase": PHRASES[c.word]} for c in clips if c.split == "raw"]
+
+
+def fact_words(truth: dict) -> dict[str, tuple[str, ...]]:
+    """The words that name each fact of a raw clip (a `raw_truth.json` row) in a caption."""
+    return {"colour": (truth["color"],), "shape": ("circle",), "direction": (truth["motion"],),
+            "sound": _SOUND_WORDS[truth["sound"]],
+            "word": (truth["word"],)}
+
+
 # ---------------------------------------------------------------- captions and annotations
 def _caption_parts(clip: ClipSpec, rng: np.random.Generator) -> dict:
     verb = _MOTION_VERBS[rng.integers(len(_MOTION_VERBS))]
@@ -174,7 +203,7 @@ def make_annotations(clips: list[ClipSpec], seed: int) -> dict[str, object]:
     """All annotation files of the corpus, by name (without ``.json``)."""
     files: dict[str, list] = {name: [] for name in ANNOTATION_FILES if name != "cap_test_coco"}
     coco_refs = []
-    for clip in clips:
+    for clip in (c for c in clips if c.split != "raw"):  # raw clips have no annotations, only truth
         rng = np.random.default_rng([seed, 2, clip.index])
         vid, subtitle, split = clip.clip_id, _subtitle(clip), clip.split
         order = rng.permutation(len(_OMNI_TEMPLATES))
@@ -205,6 +234,8 @@ def make_annotations(clips: list[ClipSpec], seed: int) -> dict[str, object]:
                 "subtitle": subtitle,
             })
     out: dict[str, object] = dict(files)
+    if any(c.split == "raw" for c in clips):
+        out["raw_truth"] = raw_truth(clips)
     out["cap_test_coco"] = {
         "annotations": [{"video_id": vid, "caption": cap, "id": n} for n, (vid, cap) in enumerate(coco_refs)],
         "videos": [{"id": clip.clip_id} for clip in clips if clip.split == "test"],
@@ -362,12 +393,15 @@ def _render_clip(clip: ClipSpec) -> str:
     rng = np.random.default_rng([seed, 1, clip.index])
     frames = render_frames(clip, rng)
     audio = mix_audio(clip, _worker_state["phrases"][clip.word], rng)
-    wav = out_dir / "audios" / f"{clip.clip_id}.wav"
+    raw = clip.split == "raw"  # a raw clip is only its mp4, as a camera would give it
+    wav = out_dir / ("raw" if raw else "audios") / f"{clip.clip_id}.wav"
     write_wav(wav, audio)
-    mp4 = out_dir / "videos" / f"{clip.clip_id}.mp4"
+    mp4 = out_dir / ("raw" if raw else "videos") / f"{clip.clip_id}.mp4"
     tmp = mp4.with_name(mp4.name + ".part")
     _run_tool(_ffmpeg_args(_worker_state["ffmpeg"], wav, tmp), f"encoding {mp4}", stdin=frames.tobytes())
     os.replace(tmp, mp4)
+    if raw:
+        wav.unlink()
     return clip.clip_id
 
 
@@ -376,18 +410,18 @@ def corpus_files(manifest: dict) -> list[str]:
     """Every media, speech and annotation file of a built corpus, relative to its folder."""
     files = list(manifest["annotations"].values()) + list(manifest["speech"].values())
     for clip in manifest["clips"].values():
-        files += [clip["video"], clip["audio"]]
+        files += [clip["video"]] + ([clip["audio"]] if clip["audio"] else [])
     return files
 
 
-def _load_if_built(out_dir: Path, num_clips: int, seed: int) -> dict | None:
+def _load_if_built(out_dir: Path, num_clips: int, seed: int, raw_clips: int) -> dict | None:
     path = out_dir / "MANIFEST.json"
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    same = (manifest.get("version"), manifest.get("num_clips"), manifest.get("seed")) == (
-        GENERATOR_VERSION, num_clips, seed)
+    same = (manifest.get("version"), manifest.get("num_clips"), manifest.get("seed"), manifest.get("num_raw", 0)) == (
+        GENERATOR_VERSION, num_clips, seed, raw_clips)
     if same and all((out_dir / f).is_file() for f in corpus_files(manifest)):
         return manifest
     return None
@@ -399,23 +433,27 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _build(out_dir, num_clips: int, seed: int, workers: int, force: bool) -> tuple[dict, int]:
+def _build(out_dir, num_clips: int, seed: int, workers: int, force: bool, raw_clips: int = 0) -> tuple[dict, int]:
     """Builds the corpus (or reuses a complete one); returns the manifest and the number of files written."""
     out_dir = Path(out_dir)
+    if raw_clips < 0:
+        raise DataError(f"demo corpus raw clips must be >= 0, got {raw_clips}")
     clips = plan_clips(num_clips, seed)  # validates the arguments before anything is touched
-    if not force and (manifest := _load_if_built(out_dir, num_clips, seed)) is not None:
+    clips += plan_raw_clips(raw_clips, num_clips, seed)
+    if not force and (manifest := _load_if_built(out_dir, num_clips, seed, raw_clips)) is not None:
         return manifest, 0
     ffmpeg = _require_tool("ffmpeg", "ffmpeg")
     espeak = _require_tool("espeak-ng", "espeak-ng")
 
     (out_dir / "MANIFEST.json").unlink(missing_ok=True)  # the build is incomplete until it is rewritten
-    for sub in ("videos", "audios", "annotations"):
+    for sub in ("videos", "audios", "annotations") + (("raw",) if raw_clips else ()):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     wanted = {c.clip_id for c in clips}
-    for sub, ext in (("videos", ".mp4"), ("audios", ".wav")):  # clips left from a larger earlier build
-        for stale in (out_dir / sub).glob(f"demo_*{ext}"):
+    for sub, pattern in (("videos", "demo_*.mp4"), ("audios", "demo_*.wav"), ("raw", "raw_*.mp4")):
+        for stale in (out_dir / sub).glob(pattern):  # clips left from a larger earlier build
             if stale.stem not in wanted:
                 stale.unlink()
+    (out_dir / "annotations" / "raw_truth.json").unlink(missing_ok=True)
 
     phrases = synthesize_phrases(espeak, out_dir / "speech")
     init_args = (out_dir, seed, ffmpeg, phrases)
@@ -438,10 +476,11 @@ def _build(out_dir, num_clips: int, seed: int, workers: int, force: bool) -> tup
         "version": GENERATOR_VERSION,
         "seed": seed,
         "num_clips": num_clips,
+        "num_raw": raw_clips,
         "num_train": sum(c.split == "train" for c in clips),
         "num_test": sum(c.split == "test" for c in clips),
         "clip_seconds": CLIP_SECONDS,
-        "total_seconds": CLIP_SECONDS * num_clips,
+        "total_seconds": CLIP_SECONDS * (num_clips + raw_clips),
         "fps": FPS,
         "num_frames": NUM_FRAMES,
         "frame_size": [FRAME_SIZE, FRAME_SIZE],
@@ -454,7 +493,8 @@ def _build(out_dir, num_clips: int, seed: int, workers: int, force: bool) -> tup
             c.clip_id: {
                 "picture": c.picture, "color": c.color, "motion": c.motion, "sound": c.sound,
                 "speech": c.word, "split": c.split, "duration": CLIP_SECONDS,
-                "video": f"videos/{c.clip_id}.mp4", "audio": f"audios/{c.clip_id}.wav",
+                "video": f"{'raw' if c.split == 'raw' else 'videos'}/{c.clip_id}.mp4",
+                "audio": None if c.split == "raw" else f"audios/{c.clip_id}.wav",
             }
             for c in clips
         },
@@ -463,13 +503,16 @@ def _build(out_dir, num_clips: int, seed: int, workers: int, force: bool) -> tup
     return manifest, len(corpus_files(manifest)) + 1
 
 
-def build_demo_corpus(out_dir, num_clips: int = 320, seed: int = 0, workers: int = 2, force: bool = False) -> dict:
+def build_demo_corpus(out_dir, num_clips: int = 320, seed: int = 0, workers: int = 2, force: bool = False,
+                      raw_clips: int = 0) -> dict:
     """Builds the demo corpus under ``out_dir`` and returns its manifest (also in ``out_dir/MANIFEST.json``).
 
-    A complete corpus already there with the same clip count, seed and generator version is returned
-    as it is, without rewriting anything, unless ``force``.
+    ``raw_clips`` more clips go to ``raw/`` as bare mp4 files, in no annotation file: the labeling
+    pipeline's input, with their truth in ``annotations/raw_truth.json``. A complete corpus already
+    there with the same clip counts, seed and generator version is returned as it is, without
+    rewriting anything, unless ``force``.
     """
-    return _build(out_dir, num_clips, seed, workers, force)[0]
+    return _build(out_dir, num_clips, seed, workers, force, raw_clips)[0]
 
 
 def main(argv=None) -> int:
@@ -478,17 +521,19 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=320, help="number of clips (at least %d)" % MIN_CLIPS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="parallel encoding processes")
+    parser.add_argument("--raw", type=int, default=0, help="extra unlabeled clips in raw/ (the labeling demo's input)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a matching corpus exists")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        manifest, written = _build(args.out_dir, args.clips, args.seed, args.workers, args.force)
+        manifest, written = _build(args.out_dir, args.clips, args.seed, args.workers, args.force, args.raw)
     except VastError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
         f"demo corpus in {args.out_dir}: {manifest['num_clips']} clips "
-        f"({manifest['num_train']} train, {manifest['num_test']} test), "
+        f"({manifest['num_train']} train, {manifest['num_test']} test)"
+        + (f" and {manifest['num_raw']} raw" if manifest["num_raw"] else "") + ", "
         f"{manifest['total_seconds']:.0f} s of video, {written} files written, "
         f"{time.perf_counter() - started:.1f} s"
         + ("" if written else " (already built)")
