@@ -24,12 +24,12 @@ from vast import distributed
 from vast.engine.trainer import Trainer, cpu_has_native_bf16
 
 
-def step_time(model, batch, weights, context) -> float:
+def step_time(task, batch, context) -> float:
     started = time.perf_counter()
     with context():
-        losses = model(batch, weights)
+        losses = task(batch)
     losses["loss"].backward()
-    model.zero_grad(set_to_none=True)
+    task.zero_grad(set_to_none=True)
     return time.perf_counter() - started
 
 
@@ -42,15 +42,15 @@ def main() -> int:
     config = load_config(args.config, {"output_dir": ["output/bench-autocast"]})
     trainer = Trainer(config, distributed.init_distributed())
     loaders, _ = trainer._train_loaders()
-    batch = next(iter(loaders[0])).to(trainer.dist.device)
-    model = trainer.model.train()
+    batch = loaders[0].next_batch().to(trainer.dist.device)
+    task = trainer.task.train()
     contexts = {"float32": nullcontext, "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
     for context in contexts.values():  # warm-up: first calls allocate and pick kernels
-        step_time(model, batch, trainer.loss_weights, context)
+        step_time(task, batch, context)
     times = {name: [] for name in contexts}
     for _ in range(args.repeats):
         for name, context in contexts.items():
-            times[name].append(step_time(model, batch, trainer.loss_weights, context))
+            times[name].append(step_time(task, batch, context))
 
     best = {name: min(values) for name, values in times.items()}
     print(f"command: python bench/autocast_step.py --config {args.config} --repeats {args.repeats}")

@@ -92,3 +92,33 @@ def test_cpu_autocast_is_bf16_only_where_native(monkeypatch):
     assert not isinstance(trainer.autocast_context(asked, cpu), torch.autocast)
     # fp16 is not offered on the CPU, and nothing asked means float32
     assert not isinstance(trainer.autocast_context(SimpleNamespace(fp16=True, bf16=False), cpu), torch.autocast)
+
+
+def test_two_type_step_runs_each_tower_once(demo_corpus, write_config, tmp_path):
+    """Retrieval and captioning of one batch share one encoding: each tower (and the subtitle
+    encoding) runs once per step, not once per task type."""
+    from vast import distributed
+    from vast.config import load_config
+    from vast.engine.trainer import Trainer
+
+    train = demo_entry(demo_corpus, "train", "cap_train.json", "ret%tvas_cap%tvas", steps=1)
+    train.pop("epoch")
+    config = load_config(write_config([train]), {"output_dir": [str(tmp_path / "run")]})
+    trainer = Trainer(config, distributed.init_distributed())
+    loaders, _ = trainer._train_loaders()
+    batch = loaders[0].next_batch().to(trainer.dist.device)
+    model = trainer.model
+    calls = {"vision": 0, "audio": 0, "encode_media": 0}
+    model.vision_encoder.register_forward_hook(lambda *_: calls.__setitem__("vision", calls["vision"] + 1))
+    model.audio_encoder.register_forward_hook(lambda *_: calls.__setitem__("audio", calls["audio"] + 1))
+    encode_media = model.encode_media
+
+    def counted_encode_media(*args, **kwargs):
+        calls["encode_media"] += 1  # subtitles are encoded here, with the towers
+        return encode_media(*args, **kwargs)
+
+    model.encode_media = counted_encode_media
+    losses = trainer.task.train()(batch)
+    assert {"contra_tvas", "itm_tvas", "caption_tvas"} <= set(losses)
+    assert calls == {"vision": 1, "audio": 1, "encode_media": 1}
+    losses["loss"].backward()

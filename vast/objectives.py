@@ -1,5 +1,9 @@
-"""Training objectives: contrastive (features from all ranks), matching with hard negatives,
-captioning and QA as causal masked language modelling.
+"""Training objectives and the task that owns them: contrastive (features from all ranks), matching
+with hard negatives, captioning and QA as causal masked language modelling.
+
+`VastTask(model, LossConfig)` is what a step calls (and what DDP or DeepSpeed wraps): it encodes the
+batch's media once for every objective of its task and sums the weighted losses. The model only
+encodes, pools, fuses and scores; it knows nothing of losses.
 
 Each rank scores its own rows against every rank's columns; gathered tensors keep their autograd
 path to the owning rank, so averaging the ranks' gradients (DDP) gives exactly the gradient of the
@@ -9,11 +13,14 @@ global-batch loss.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, fields
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from vast.config import MODEL_SCHEMA
 from vast.distributed import gather_no_grad, gather_with_grad, rank_and_world
 from vast.errors import ConfigError
 from vast.models.vast import TextTokens
@@ -130,9 +137,8 @@ def matching_loss(model, tokens, memory, memory_mask, text_feats, cond_feats, cl
     return F.cross_entropy(logits.float(), labels)
 
 
-def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+def retrieval_losses(model, batch, media, weights: "LossConfig") -> dict[str, torch.Tensor]:
     groups = batch.task.groups(TaskType.RETRIEVAL)
-    media = model.encode_batch(batch, groups)
     codes = _owner_codes(batch.ids, model.device)
     text_cache: dict[tuple, tuple] = {}
     losses = {}
@@ -146,16 +152,16 @@ def retrieval_losses(model, batch, weights: Mapping[str, float]) -> dict[str, to
             text_cache[key] = (tokens, model.text_features(tokens))
         tokens, text_feats = text_cache[key]
         cond_feats = model.condition_features(media, group)
-        losses[f"contra_{group}"] = weights["contra"] * contrastive_loss(
-            text_feats, cond_feats, model.contra_temp, weights["contra_label_smoothing"])
-        if weights["itm"] > 0:
+        losses[f"contra_{group}"] = weights.contra * contrastive_loss(
+            text_feats, cond_feats, model.contra_temp, weights.contra_label_smoothing)
+        if weights.itm > 0:
             memory, memory_mask = model.fusion_memory(media, group)
             subtitles = batch.subtitles if Modality.SUBTITLE in group.modalities else None
             itm = matching_loss(model, tokens, memory, memory_mask, text_feats.detach(), cond_feats.detach(),
-                                codes, model.contra_temp, weights["itm_random_negative_ratio"],
-                                subtitles, weights["itm_subtitle_swap_ratio"])
+                                codes, model.contra_temp, weights.itm_random_negative_ratio,
+                                subtitles, weights.itm_subtitle_swap_ratio)
             if itm is not None:
-                losses[f"itm_{group}"] = weights["itm"] * itm
+                losses[f"itm_{group}"] = weights.itm * itm
     return losses
 
 
@@ -189,11 +195,10 @@ def masked_lm_loss(model, input_ids, attention_mask, labels, memory, memory_mask
     return F.cross_entropy(logits.float(), labels[chosen])
 
 
-def caption_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+def caption_losses(model, batch, media, weights: "LossConfig") -> dict[str, torch.Tensor]:
     """Captioning: each group's caption, a random 60% of its tokens masked, predicted under a causal
     mask with cross-attention to the group's fusion memory."""
     groups = batch.task.groups(TaskType.CAPTION)
-    media = model.encode_batch(batch, groups)
     tokenizer = model.tokenizer
     losses = {}
     for group in groups:
@@ -202,21 +207,20 @@ def caption_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torc
             raise ConfigError(f"dataset {batch.dataset}: no captions for group {group} (task {batch.task})")
         tokens = model.tokenize(texts.texts, model.caption_length(texts.omni))
         maskable = tokens.attention_mask.bool() & (tokens.input_ids != tokenizer.cls_token_id)
-        masked, labels = mask_tokens(tokens.input_ids, maskable, weights["caption_mask_prob"],
+        masked, labels = mask_tokens(tokens.input_ids, maskable, weights.caption_mask_prob,
                                      tokenizer.mask_token_id, len(tokenizer))
         memory, memory_mask = model.fusion_memory(media, group)
-        losses[f"caption_{group}"] = weights["caption"] * masked_lm_loss(
+        losses[f"caption_{group}"] = weights.caption * masked_lm_loss(
             model, masked, tokens.attention_mask, labels, memory, memory_mask, mask_mode="causal")
     return losses
 
 
-def qa_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+def qa_losses(model, batch, media, weights: "LossConfig") -> dict[str, torch.Tensor]:
     """QA: [question | answer] with the question as a bidirectional prefix and the answer causal;
     answer tokens are masked as in captioning and predicted from the fusion memory."""
     if batch.questions is None:
         raise ConfigError(f"dataset {batch.dataset}: task {batch.task} needs question/answer annotations")
     groups = batch.task.groups(TaskType.QA)
-    media = model.encode_batch(batch, groups)
     # questions padded to max_question_len, so answers start at the same position in training and at test
     questions = model.tokenize(batch.questions, model.max_question_len, pad_to_max=True)
     answers = model.tokenize_answers(batch.answers)
@@ -229,10 +233,10 @@ def qa_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Ten
     losses = {}
     video_index = torch.tensor(batch.question_video_index, device=model.device)
     for group in groups:
-        masked, labels = mask_tokens(input_ids, maskable, weights["qa_mask_prob"], tokenizer.mask_token_id,
+        masked, labels = mask_tokens(input_ids, maskable, weights.qa_mask_prob, tokenizer.mask_token_id,
                                      len(tokenizer))
         memory, memory_mask = model.fusion_memory(media, group)
-        losses[f"qa_{group}"] = weights["qa"] * masked_lm_loss(
+        losses[f"qa_{group}"] = weights.qa * masked_lm_loss(
             model, masked, attention, labels, memory, memory_mask, memory_index=video_index,
             mask_mode="prefix", prefix_lengths=questions.input_ids.shape[1])
     return losses
@@ -241,12 +245,49 @@ def qa_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Ten
 LOSSES_BY_TYPE = {TaskType.RETRIEVAL: retrieval_losses, TaskType.CAPTION: caption_losses, TaskType.QA: qa_losses}
 
 
-def task_losses(model, batch, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """Every loss of the batch's task; the total is under "loss"."""
-    losses = {}
-    for task_type in batch.task.types:
-        if task_type not in LOSSES_BY_TYPE:
-            raise ConfigError(f"dataset {batch.dataset}: training for task type '{task_type.value}' is not available yet")
-        losses.update(LOSSES_BY_TYPE[task_type](model, batch, weights))
-    losses["loss"] = sum(losses.values())
-    return losses
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and the knobs of the objectives; field -> model_cfg key below, one default each
+    (the schema's, which are the original's values)."""
+
+    contra: float
+    itm: float
+    caption: float
+    qa: float
+    contra_label_smoothing: float
+    itm_random_negative_ratio: float
+    itm_subtitle_swap_ratio: float
+    caption_mask_prob: float
+    qa_mask_prob: float
+
+    KEYS = {"contra": "contra_ratio", "itm": "itm_ratio", "caption": "caption_ratio", "qa": "qa_ratio"}
+
+    @classmethod
+    def from_model_cfg(cls, model_cfg: Mapping) -> "LossConfig":
+        values = {}
+        for field in fields(cls):
+            key = cls.KEYS.get(field.name, field.name)
+            values[field.name] = float(model_cfg.get(key, MODEL_SCHEMA[key].default))
+        return cls(**values)
+
+
+class VastTask(nn.Module):
+    """The training task: the model plus its objectives. One call encodes the batch's media once
+    (every modality that any (type, group) of the task needs) and computes every loss from it."""
+
+    def __init__(self, model: nn.Module, losses: LossConfig):
+        super().__init__()
+        self.model = model
+        self.losses = losses
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        """Every weighted loss of the batch's task; their sum is under "loss"."""
+        for task_type in batch.task.types:
+            if task_type not in LOSSES_BY_TYPE:
+                raise ConfigError(f"dataset {batch.dataset}: training for task type '{task_type.value}' is not available yet")
+        media = self.model.encode_batch(batch, batch.task.groups())
+        losses = {}
+        for task_type in batch.task.types:
+            losses.update(LOSSES_BY_TYPE[task_type](self.model, batch, media, self.losses))
+        losses["loss"] = sum(losses.values())
+        return losses

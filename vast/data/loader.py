@@ -105,6 +105,7 @@ class Loader:
         self.epoch = 0
         self.positions: dict[str, dict] = {}
         self.next_worker = 0
+        self._pass = None  # the pass that next_batch is drawing from
 
     @property
     def num_samples(self) -> int | None:
@@ -119,6 +120,18 @@ class Loader:
         self.dataset.set_epoch(epoch)
         if isinstance(self.dataloader.sampler, ShardedSampler):
             self.dataloader.sampler.set_epoch(epoch)
+
+    def next_batch(self) -> Batch:
+        """The next training batch; when a pass ends, the next epoch starts (its own order and draws)."""
+        while True:
+            if self._pass is None:
+                self.set_epoch(self.epoch)
+                self._pass = iter(self)
+            try:
+                return next(self._pass)
+            except StopIteration:
+                self._pass = None
+                self.epoch += 1
 
     def __iter__(self):
         usable = 0

@@ -14,16 +14,17 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from vast.config import MODEL_SCHEMA, Config
+from vast.config import Config
 from vast.data.loader import build_loader
 from vast.distributed import DistInfo, barrier
 from vast.engine.optim import create_optimizer, create_scheduler
+from vast.engine.state import Checkpointer, TrainState
 from vast.errors import VastError
 from vast.evaluation.captioning import evaluate_captioning
 from vast.evaluation.qa import evaluate_qa
 from vast.evaluation.retrieval import evaluate_retrieval
-from vast.models.checkpoints import atomic_save
 from vast.models.build import build_model
+from vast.objectives import LossConfig, VastTask
 from vast.tasks import TaskType
 
 logger = logging.getLogger("vast")
@@ -66,14 +67,9 @@ class Trainer:
         torch.manual_seed(int(self.run_cfg.seed) + dist_info.rank)
         random.seed(int(self.run_cfg.seed) + dist_info.rank)
         self.model = build_model(config).to(dist_info.device)
+        self.task = VastTask(self.model, LossConfig.from_model_cfg(config.model_cfg))
         self.val_loaders = [build_loader(e, config, dist_info) for e in config.val]
-        # loss name -> model_cfg key; an absent key takes the schema default (the original's value)
-        weight_keys = {"contra": "contra_ratio", "itm": "itm_ratio", "caption": "caption_ratio", "qa": "qa_ratio",
-                       **{k: k for k in ("contra_label_smoothing", "itm_random_negative_ratio",
-                                         "itm_subtitle_swap_ratio", "caption_mask_prob", "qa_mask_prob")}}
-        self.loss_weights = {name: float(config.model_cfg.get(key, MODEL_SCHEMA[key].default))
-                             for name, key in weight_keys.items()}
-        self.best: dict[str, float] = {}
+        self.checkpointer = Checkpointer(self.output_dir, dist_info, bool(self.run_cfg.remove_before_ckpt))
         precision = str(autocast_dtype(self.run_cfg, dist_info.device) or torch.float32).removeprefix("torch.")
         if self.run_cfg.bf16 and precision != "bfloat16":
             logger.info("bf16 asked for, but this %s has no native bf16: running %s", dist_info.device.type, precision)
@@ -118,26 +114,17 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def save(self, step: int, optimizer, scheduler, scaler, records: list[dict]) -> None:
-        if not self.dist.is_main:
+    def save(self, state: TrainState, records: list[dict]) -> None:
+        self.checkpointer.save(state)
+        if not self.run_cfg.save_best:
             return
-        ckpt_dir = self.output_dir / "ckpt"
-        if self.run_cfg.remove_before_ckpt:
-            for old in list(ckpt_dir.glob("model_step_*.pt")) + list(ckpt_dir.glob("training_state_*.pt")):
-                old.unlink()
-        state = self.model.state_dict()
-        atomic_save(state, ckpt_dir / f"model_step_{step}.pt")
-        atomic_save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()},
-                    ckpt_dir / f"training_state_{step}.pt")
-        if self.run_cfg.save_best:
-            for record in records:
-                name, value = best_metric(record)
-                key = f"{record['dataset']}_{record['group']}_{name}"
-                if value is not None and value > self.best.get(key, -math.inf):
-                    self.best[key] = value
-                    atomic_save(state, ckpt_dir / f"best_{key}.pt")
-                    logger.info("new best %s = %.2f at step %d", key, value, step)
+        for record in records:
+            name, value = best_metric(record)
+            key = f"{record['dataset']}_{record['group']}_{name}"
+            if value is not None and value > state.best.get(key, -math.inf):
+                state.best[key] = value
+                self.checkpointer.save_best(self.model.state_dict(), key)
+                logger.info("new best %s = %.2f at step %d", key, value, state.step)
 
     # --- training ----------------------------------------------------------------------------
 
@@ -152,83 +139,82 @@ class Trainer:
             steps.append(entry.steps or max(1, math.ceil(entry.epoch * loader.num_samples / entry.batch_size)))
         return loaders, steps
 
+    def _wrap(self, module):
+        if self.dist.distributed and self.run_cfg.use_ddp:
+            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+        return module
+
     def train(self) -> list[dict]:
         loaders, steps_per_dataset = self._train_loaders()
         total = int(self.run_cfg.num_train_steps) or sum(steps_per_dataset)
-        # the same dataset order on every rank (all ranks must run the same groups each step)
-        order = [i for i, n in enumerate(steps_per_dataset) for _ in range(n)]
-        random.Random(int(self.run_cfg.seed)).shuffle(order)
-        order = (order * math.ceil(total / len(order)))[:total]
-        model = self.model
-        if self.dist.distributed and self.run_cfg.use_ddp:
-            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            model = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+        schedule = dataset_schedule(steps_per_dataset, total, int(self.run_cfg.seed))
+        task = self._wrap(self.task)
         optimizer = create_optimizer(self.model, self.run_cfg)
-        scheduler = create_scheduler(optimizer, total, self.run_cfg)
         scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.dist.device.type == "cuda"
                                       and self.run_cfg.fp16 and not self.run_cfg.bf16)
+        state = TrainState(self.model, optimizer, create_scheduler(optimizer, total, self.run_cfg), scaler,
+                           loaders, total)
         accumulation = max(1, int(self.run_cfg.gradient_accumulation_steps))
         eval_every = max(1, total // max(1, int(self.run_cfg.valid_freq)))
-        iterators = [None] * len(loaders)
-        epochs = [0] * len(loaders)
         records: list[dict] = []
         if self.run_cfg.first_eval and self.val_loaders:
             records = self.evaluate(0)
         logger.info("training %d steps over %d dataset(s); evaluation every %d steps", total, len(loaders), eval_every)
-        nonfinite = 0
         started = time.perf_counter()
-        for step in range(total):
-            model.train()
+        while state.step < total:
+            step = state.step
+            task.train()
+            loader = loaders[schedule[step]]
             for micro in range(accumulation):
-                batch = self._next_batch(loaders, iterators, epochs, order[step])
-                sync = micro == accumulation - 1 or not isinstance(model, DistributedDataParallel)
-                with (nullcontext() if sync else model.no_sync()), autocast_context(self.run_cfg, self.dist.device):
-                    losses = model(batch.to(self.dist.device), self.loss_weights)
+                sync = micro == accumulation - 1 or not isinstance(task, DistributedDataParallel)
+                with (nullcontext() if sync else task.no_sync()), autocast_context(self.run_cfg, self.dist.device):
+                    losses = task(loader.next_batch().to(self.dist.device))
                     loss = losses["loss"] / accumulation
                 if not torch.isfinite(loss):
                     break
                 scaler.scale(loss).backward()
+            state.step += 1
             if not torch.isfinite(loss):
-                nonfinite += 1
-                optimizer.zero_grad(set_to_none=True)
-                logger.warning("step %d: non-finite loss (%s); step skipped", step, loss.item())
-                if nonfinite >= MAX_NONFINITE_STEPS:
-                    raise VastError(f"the loss was not finite for {nonfinite} steps in a row; lower "
-                                    "learning_rate, or use bf16 instead of fp16")
+                self._skip_nonfinite(state, loss)
                 continue
-            nonfinite = 0
+            state.nonfinite = 0
             if self.run_cfg.grad_norm > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run_cfg.grad_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if (step + 1) % max(1, int(self.run_cfg.log_steps)) == 0 or step == 0:
+            state.scheduler.step()
+            if state.step % max(1, int(self.run_cfg.log_steps)) == 0 or step == 0:
                 parts = " ".join(f"{k} {v.item():.4f}" for k, v in sorted(losses.items()))
-                logger.info("step %d/%d %s lr %.2e temp %.4f (%.1fs)", step + 1, total, parts,
-                            scheduler.get_last_lr()[0], self.model.contra_temp.item(), time.perf_counter() - started)
-            if (step + 1) % eval_every == 0 or step + 1 == total:
-                records = self.evaluate(step + 1) if self.val_loaders else []
-                self.save(step + 1, optimizer, scheduler, scaler, records)
+                logger.info("step %d/%d %s lr %.2e temp %.4f (%.1fs)", state.step, total, parts,
+                            state.scheduler.get_last_lr()[0], self.model.contra_temp.item(),
+                            time.perf_counter() - started)
+            if state.step % eval_every == 0 or state.step == total:
+                records = self.evaluate(state.step) if self.val_loaders else []
+                self.save(state, records)
         for loader in loaders:
             if loader.failure_log.count:
                 logger.warning("%s", loader.failure_log.summary())
         barrier()
         return records
 
-    def _next_batch(self, loaders, iterators, epochs, index):
-        while True:
-            if iterators[index] is None:
-                loaders[index].set_epoch(epochs[index])
-                iterators[index] = iter(loaders[index])
-            try:
-                batch = next(iterators[index])
-            except StopIteration:
-                iterators[index] = None
-                epochs[index] += 1
-                continue
-            return batch
+    def _skip_nonfinite(self, state: TrainState, loss: torch.Tensor) -> None:
+        state.nonfinite += 1
+        state.optimizer.zero_grad(set_to_none=True)
+        logger.warning("step %d: non-finite loss (%s); step skipped", state.step - 1, loss.item())
+        if state.nonfinite >= MAX_NONFINITE_STEPS:
+            raise VastError(f"the loss was not finite for {state.nonfinite} steps in a row; lower "
+                            "learning_rate, or use bf16 instead of fp16")
+
+
+def dataset_schedule(steps_per_dataset: list[int], total: int, seed: int) -> list[int]:
+    """Which corpus each step draws from: each corpus's step budget, shuffled with the run's seed
+    (the same order on every rank, which must run the same groups each step), repeated to `total`."""
+    order = [i for i, n in enumerate(steps_per_dataset) for _ in range(n)]
+    random.Random(seed).shuffle(order)
+    return (order * math.ceil(total / len(order)))[:total]
 
 
 def best_metric(record: dict) -> tuple[str, float | None]:

@@ -284,9 +284,3 @@ class VAST(InferenceMixin, nn.Module):
         joined and the spaces before punctuation and contractions removed ("is n ' t ." -> "isn't.").
         The clean-up is explicit because newer tokenizers no longer do it by default."""
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
-
-    def forward(self, batch, loss_weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        """Training losses of a batch for every (type, group) of its task; see vast.objectives."""
-        from vast.objectives import task_losses
-
-        return task_losses(self, batch, loss_weights)

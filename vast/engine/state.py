@@ -1,0 +1,110 @@
+"""What a run must keep to continue where it stopped (`TrainState`), and the checkpointer that writes it.
+
+A checkpoint of step N is two files in `output_dir/ckpt/`:
+- `model_step_<N>.pt`: the model's weights alone, the layout that `--pretrain_dir`, `--checkpoint`,
+  `--mode testing` and `vast.load_model` read;
+- `training_state_<N>.pt`: everything else, written last: the step, optimizer, scheduler, grad
+  scaler, best metrics so far, and per rank the RNG states and each corpus's data position.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vast.distributed import DistInfo, all_gather_objects, barrier
+from vast.models.checkpoints import atomic_save
+
+logger = logging.getLogger("vast")
+
+
+def rng_state() -> dict:
+    """This process's random generators: Python, NumPy, torch CPU and, when present, every CUDA device."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainState:
+    """Everything that must survive a crash, with `state_dict()` / `load_state_dict()`.
+
+    `state_dict()["rank"]` is this rank's own part (RNGs, data positions); the rest is the same on
+    every rank."""
+
+    def __init__(self, model, optimizer, scheduler, scaler, loaders, total_steps: int):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.loaders = loaders
+        self.total_steps = total_steps
+        self.step = 0
+        self.best: dict[str, float] = {}  # "<dataset>_<group>_<metric>" -> best value so far
+        self.nonfinite = 0  # steps in a row whose loss was not finite
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "total_steps": self.total_steps, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "best": dict(self.best), "nonfinite": self.nonfinite,
+                "rank": {"rng": rng_state(), "loaders": [loader.state_dict() for loader in self.loaders]}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.best, self.nonfinite = int(state["step"]), dict(state["best"]), int(state["nonfinite"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for loader, loader_state in zip(self.loaders, state["rank"]["loaders"]):
+            loader.load_state_dict(loader_state)
+        set_rng_state(state["rank"]["rng"])
+
+
+class Checkpointer:
+    """Writes and finds the checkpoints of one run folder (layout in the module docstring)."""
+
+    def __init__(self, output_dir: Path, dist_info: DistInfo, keep_only_latest: bool = True):
+        self.dir = Path(output_dir) / "ckpt"
+        self.dist = dist_info
+        self.keep_only_latest = keep_only_latest
+
+    def model_path(self, step: int) -> Path:
+        return self.dir / f"model_step_{step}.pt"
+
+    def state_path(self, step: int) -> Path:
+        return self.dir / f"training_state_{step}.pt"
+
+    def save(self, state: TrainState) -> None:
+        """Collective: every rank hands over its own part; rank 0 writes the files."""
+        full = state.state_dict()
+        ranks = all_gather_objects(full.pop("rank"))
+        if self.dist.is_main:
+            if self.keep_only_latest:
+                for old in list(self.dir.glob("model_step_*.pt")) + list(self.dir.glob("training_state_*.pt")):
+                    old.unlink()
+            atomic_save(full.pop("model"), self.model_path(state.step))
+            atomic_save({**full, "ranks": ranks}, self.state_path(state.step))
+        barrier()
+
+    def save_best(self, model_state: dict, key: str) -> None:
+        if self.dist.is_main:
+            atomic_save(model_state, self.dir / f"best_{key}.pt")
+
+    def steps(self) -> list[int]:
+        """Steps that have a complete checkpoint (both files), oldest first."""
+        found = []
+        for path in self.dir.glob("training_state_*.pt"):
+            match = re.fullmatch(r"training_state_(\d+)\.pt", path.name)
+            if match and self.model_path(int(match.group(1))).is_file():
+                found.append(int(match.group(1)))
+        return sorted(found)
