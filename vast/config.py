@@ -34,6 +34,15 @@ CHOICES = {
     "run_cfg.dataset_mix_type": ("random", "round_robin"),
 }
 
+
+class FlagOrText:
+    """The kind of a key that is off, on, or names something: `resume` (false, true = the newest
+    checkpoint of output_dir, or a path), `deepspeed` (false, a ZeRO stage, or a JSON file)."""
+
+
+# Keys whose kind the default value does not show.
+KINDS = {"run_cfg.resume": FlagOrText, "run_cfg.deepspeed": FlagOrText}
+
 # Options the original VAST command line accepted that this implementation does not use. They are
 # accepted (so old launch scripts run) and a warning says they have no effect.
 INERT_OPTIONS = frozenset(
@@ -154,6 +163,15 @@ def coerce(value: Any, kind: type, where: str, choices: tuple | None = None) -> 
             if not isinstance(value, str):
                 raise ValueError
             result = value
+        elif kind is FlagOrText:  # digits stay text here: `--deepspeed 1` is ZeRO stage 1
+            if isinstance(value, bool):
+                result = value
+            elif isinstance(value, str) and value.lower() in (_TRUE | _FALSE) - {"0", "1"}:
+                result = value.lower() in _TRUE
+            elif isinstance(value, (str, int)) and str(value).strip():
+                result = str(value)
+            else:
+                raise ValueError
         elif kind is list:
             if isinstance(value, str):
                 value = json.loads(value) if value.startswith("[") else [value]
@@ -173,7 +191,7 @@ def coerce(value: Any, kind: type, where: str, choices: tuple | None = None) -> 
     return result
 
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+_TYPE_NAMES = {FlagOrText: "true, false or a name", bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,7 @@ def _schema_from_defaults(block: str) -> dict[str, KeySpec]:
         kind = type(value) if value is not None else str
         if kind is int and key.endswith(("_lr", "_ratio", "learning_rate")):
             kind = float
+        kind = KINDS.get(f"{block}.{key}", kind)
         schema[key] = KeySpec(kind, value, CHOICES.get(f"{block}.{key}"))
     return schema
 

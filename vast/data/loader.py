@@ -38,6 +38,7 @@ class ShardedSampler(Sampler[int]):
     def __init__(self, size: int, rank: int, world_size: int, shuffle: bool, seed: int = 0):
         self.size, self.rank, self.world_size = size, rank, world_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.start = 0  # indices of this epoch already used (a resumed run); the next pass skips them
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -51,7 +52,8 @@ class ShardedSampler(Sampler[int]):
         return (order * math.ceil(padded / self.size))[:padded]
 
     def __iter__(self):
-        return iter(self._order()[self.rank :: self.world_size])
+        start, self.start = self.start, 0
+        return iter(self._order()[self.rank :: self.world_size][start:])
 
     def __len__(self) -> int:
         return len(self._order()[self.rank :: self.world_size])
@@ -96,8 +98,9 @@ class Loader:
     """The batches of one data entry on this rank (either dataset kind), with the failure policy of
     the module docstring and, for shard streams, the position to resume from."""
 
-    def __init__(self, entry: DataEntry, dataset, dataloader: DataLoader, failures: str):
+    def __init__(self, entry: DataEntry, dataset, dataloader: DataLoader, failures: str, seed: int = 0):
         self.entry, self.dataset, self.dataloader = entry, dataset, dataloader
+        self.seed = seed
         self.failures = failures  # "skip" | "raise" | "collect"
         self.failure_log = FailureLog(entry.name)
         self.collected: list[Failure] = []
@@ -105,6 +108,7 @@ class Loader:
         self.epoch = 0
         self.positions: dict[str, dict] = {}
         self.next_worker = 0
+        self.consumed = 0  # annotation datasets: this rank's indices of the current epoch handed over
         self._pass = None  # the pass that next_batch is drawing from
 
     @property
@@ -120,6 +124,8 @@ class Loader:
         self.dataset.set_epoch(epoch)
         if isinstance(self.dataloader.sampler, ShardedSampler):
             self.dataloader.sampler.set_epoch(epoch)
+        if self.dataloader.generator is not None:  # worker seeds: a function of the epoch, not of when a pass starts
+            self.dataloader.generator.manual_seed(self.seed + 7919 * epoch)
 
     def next_batch(self) -> Batch:
         """The next training batch; when a pass ends, the next epoch starts (its own order and draws)."""
@@ -135,8 +141,11 @@ class Loader:
 
     def __iter__(self):
         usable = 0
+        sampler = self.dataloader.sampler
+        self.consumed = sampler.start if isinstance(sampler, ShardedSampler) else 0
         for batch in self.dataloader:
             self.items_read += len(batch) + len(batch.skipped)
+            self.consumed += len(batch) + len(batch.skipped)
             self._handle_failures(batch)
             self._record_position(batch)
             if len(batch):
@@ -166,23 +175,33 @@ class Loader:
             self.next_worker = (stream % workers + 1) % workers
 
     def state_dict(self) -> dict:
-        """Where a shard stream stands (see vast.data.shard_reader); annotation datasets: the epoch."""
-        return {"epoch": self.epoch, "streams": dict(self.positions), "next_worker": self.next_worker}
+        """Where the next batch comes from: the epoch, and within it the shard streams' positions (see
+        vast.data.shard_reader) or, for annotation datasets, how many of this rank's indices were used."""
+        return {"epoch": self.epoch, "streams": dict(self.positions), "next_worker": self.next_worker,
+                "consumed": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue at `state`'s position: the next `next_batch()` is the one the saved run drew next."""
         self.set_epoch(int(state["epoch"]))
+        self._pass = None
         self.positions = dict(state.get("streams", {}))
         self.next_worker = int(state.get("next_worker", 0))
         if isinstance(self.dataset, ShardDataset):
             self.dataset.resume = {"streams": self.positions, "next_worker": self.next_worker}
+        elif isinstance(self.dataloader.sampler, ShardedSampler):
+            self.dataloader.sampler.start = int(state.get("consumed", 0))
 
 
 def build_loader(entry: DataEntry, config: Config, dist_info: DistInfo, dataset=None,
                  failures: str | None = None) -> Loader:
     """The loader of one data entry on this rank; `failures` defaults to skip (training) / raise."""
     dataset = dataset or build_dataset(entry, config, dist_info)
+    seed = int(config.run_cfg.seed) + 1000 * dist_info.rank
+    # training passes start at any step (and anew after a resume): their own generator keeps them from
+    # drawing on torch's global one, which dropout and the objectives use
+    generator = torch.Generator().manual_seed(seed) if entry.training else None
     common = dict(batch_size=per_rank_batch_size(entry, dist_info.world_size), num_workers=entry.n_workers,
-                  collate_fn=dataset.collate, drop_last=False, persistent_workers=False,
+                  collate_fn=dataset.collate, drop_last=False, persistent_workers=False, generator=generator,
                   pin_memory=bool(config.run_cfg.pin_mem) and dist_info.device.type == "cuda")
     if isinstance(dataset, ShardDataset):
         dataloader = DataLoader(dataset, **common)
@@ -190,4 +209,4 @@ def build_loader(entry: DataEntry, config: Config, dist_info: DistInfo, dataset=
         sampler = ShardedSampler(len(dataset), dist_info.rank, dist_info.world_size,
                                  shuffle=entry.training, seed=int(config.run_cfg.seed))
         dataloader = DataLoader(dataset, sampler=sampler, **common)
-    return Loader(entry, dataset, dataloader, failures or ("skip" if entry.training else "raise"))
+    return Loader(entry, dataset, dataloader, failures or ("skip" if entry.training else "raise"), seed)

@@ -5,6 +5,10 @@ A checkpoint of step N is two files in `output_dir/ckpt/`:
   `--mode testing` and `vast.load_model` read;
 - `training_state_<N>.pt`: everything else, written last: the step, optimizer, scheduler, grad
   scaler, best metrics so far, and per rank the RNG states and each corpus's data position.
+
+Each file is written to a temporary name and renamed, and the state file comes second, so a
+checkpoint is complete exactly when its state file exists. Older checkpoints are removed only after
+the new one is complete (`remove_before_ckpt`): a run killed at any moment leaves one it can resume.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from vast.distributed import DistInfo, all_gather_objects, barrier
+from vast.errors import DataError
 from vast.models.checkpoints import atomic_save
 
 logger = logging.getLogger("vast")
@@ -85,26 +90,69 @@ class Checkpointer:
         return self.dir / f"training_state_{step}.pt"
 
     def save(self, state: TrainState) -> None:
-        """Collective: every rank hands over its own part; rank 0 writes the files."""
+        """Collective: every rank hands over its own part; rank 0 writes the files, then prunes."""
         full = state.state_dict()
         ranks = all_gather_objects(full.pop("rank"))
         if self.dist.is_main:
-            if self.keep_only_latest:
-                for old in list(self.dir.glob("model_step_*.pt")) + list(self.dir.glob("training_state_*.pt")):
-                    old.unlink()
             atomic_save(full.pop("model"), self.model_path(state.step))
             atomic_save({**full, "ranks": ranks}, self.state_path(state.step))
+            if self.keep_only_latest:
+                self._remove_all_but(state.step)
         barrier()
+
+    def _remove_all_but(self, step: int) -> None:
+        keep = {self.model_path(step).name, self.state_path(step).name}
+        for pattern in ("model_step_*.pt", "training_state_*.pt", ".model_step_*.tmp", ".training_state_*.tmp"):
+            for old in self.dir.glob(pattern):
+                if old.name not in keep:
+                    old.unlink(missing_ok=True)
+
+    def find(self, resume) -> Path | None:
+        """The state file that `resume` names: None for false; true: the newest complete checkpoint
+        of this run; a path: a training_state file, or a run (or its ckpt) folder's newest."""
+        if resume is False or resume is None:
+            return None
+        if resume is True:
+            folder, what = self.dir, f"no complete checkpoint in {self.dir} to resume from"
+        else:
+            path = Path(resume)
+            if path.is_file():
+                if not re.fullmatch(r"training_state_\d+\.pt", path.name):
+                    raise DataError(f"resume: {path} is not a training_state_<step>.pt file; give that file, "
+                                    "or the run folder to take its newest checkpoint")
+                return path
+            folder = path / "ckpt" if (path / "ckpt").is_dir() else path
+            what = f"resume: no complete checkpoint (model_step_<N>.pt + training_state_<N>.pt) in {folder}"
+        steps = Checkpointer.complete_steps(folder)
+        if not steps:
+            raise DataError(what + "; start without --resume")
+        return folder / f"training_state_{steps[-1]}.pt"
+
+    def load(self, state: TrainState, state_path: Path) -> None:
+        """Restore `state` from a checkpoint written by a run with the same number of processes."""
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        ranks = saved.pop("ranks")
+        if len(ranks) != self.dist.world_size:
+            raise DataError(f"{state_path}: written by a run of {len(ranks)} process(es); this run has "
+                            f"{self.dist.world_size}: resume with the same number of processes")
+        if int(saved["total_steps"]) != state.total_steps:
+            raise DataError(f"{state_path}: its run trains {saved['total_steps']} steps, this config "
+                            f"{state.total_steps}: resume with the config of the interrupted run")
+        model_path = state_path.with_name(f"model_step_{int(saved['step'])}.pt")
+        saved["model"] = torch.load(model_path, map_location="cpu", weights_only=True)
+        saved["rank"] = ranks[self.dist.rank]
+        state.load_state_dict(saved)
 
     def save_best(self, model_state: dict, key: str) -> None:
         if self.dist.is_main:
             atomic_save(model_state, self.dir / f"best_{key}.pt")
 
-    def steps(self) -> list[int]:
-        """Steps that have a complete checkpoint (both files), oldest first."""
+    @staticmethod
+    def complete_steps(folder: Path) -> list[int]:
+        """Steps that have a complete checkpoint (both files) in `folder`, oldest first."""
         found = []
-        for path in self.dir.glob("training_state_*.pt"):
+        for path in Path(folder).glob("training_state_*.pt"):
             match = re.fullmatch(r"training_state_(\d+)\.pt", path.name)
-            if match and self.model_path(int(match.group(1))).is_file():
+            if match and (path.parent / f"model_step_{match.group(1)}.pt").is_file():
                 found.append(int(match.group(1)))
         return sorted(found)

@@ -11,6 +11,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -18,7 +19,7 @@ from vast.config import Config
 from vast.data.loader import build_loader
 from vast.distributed import DistInfo, barrier
 from vast.engine.optim import create_optimizer, create_scheduler
-from vast.engine.state import Checkpointer, TrainState
+from vast.engine.state import Checkpointer, TrainState, rng_state, set_rng_state
 from vast.errors import VastError
 from vast.evaluation.captioning import evaluate_captioning
 from vast.evaluation.qa import evaluate_qa
@@ -58,15 +59,22 @@ def autocast_context(run_cfg, device: torch.device):
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 class Trainer:
     def __init__(self, config: Config, dist_info: DistInfo):
         self.config = config
         self.run_cfg = config.run_cfg
         self.dist = dist_info
         self.output_dir = Path(self.run_cfg.output_dir)
-        torch.manual_seed(int(self.run_cfg.seed) + dist_info.rank)
-        random.seed(int(self.run_cfg.seed) + dist_info.rank)
+        seed = int(self.run_cfg.seed)
+        seed_everything(seed)  # the same initial weights on every rank (evaluation gathers their outputs)
         self.model = build_model(config).to(dist_info.device)
+        seed_everything(seed + dist_info.rank)  # each rank its own dropout and draws, as the original
         self.task = VastTask(self.model, LossConfig.from_model_cfg(config.model_cfg))
         self.val_loaders = [build_loader(e, config, dist_info) for e in config.val]
         self.checkpointer = Checkpointer(self.output_dir, dist_info, bool(self.run_cfg.remove_before_ckpt))
@@ -79,6 +87,14 @@ class Trainer:
     # --- evaluation --------------------------------------------------------------------------
 
     def evaluate(self, step: int) -> list[dict]:
+        """Evaluate every val entry; training's random generators are left as they were."""
+        saved = rng_state()
+        try:
+            return self._evaluate(step)
+        finally:
+            set_rng_state(saved)
+
+    def _evaluate(self, step: int) -> list[dict]:
         self.model.eval()
         records = []
         for entry, loader in zip(self.config.val, self.val_loaders):
@@ -114,8 +130,8 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def save(self, state: TrainState, records: list[dict]) -> None:
-        self.checkpointer.save(state)
+    def _track_best(self, state: TrainState, records: list[dict]) -> None:
+        """With `save_best`: a record that beats the best so far writes ckpt/best_<dataset>_<group>_<metric>.pt."""
         if not self.run_cfg.save_best:
             return
         for record in records:
@@ -155,50 +171,73 @@ class Trainer:
                                       and self.run_cfg.fp16 and not self.run_cfg.bf16)
         state = TrainState(self.model, optimizer, create_scheduler(optimizer, total, self.run_cfg), scaler,
                            loaders, total)
-        accumulation = max(1, int(self.run_cfg.gradient_accumulation_steps))
         eval_every = max(1, total // max(1, int(self.run_cfg.valid_freq)))
+        ckpt_every = int(self.run_cfg.ckpt_steps) or eval_every
         records: list[dict] = []
-        if self.run_cfg.first_eval and self.val_loaders:
+        if self._resume(state):
+            logger.info("resumed at step %d/%d", state.step, total)
+        elif self.run_cfg.first_eval and self.val_loaders:
             records = self.evaluate(0)
-        logger.info("training %d steps over %d dataset(s); evaluation every %d steps", total, len(loaders), eval_every)
+        logger.info("training %d steps over %d dataset(s); evaluation every %d steps, checkpoint every %d",
+                    total, len(loaders), eval_every, ckpt_every)
         started = time.perf_counter()
         while state.step < total:
-            step = state.step
             task.train()
-            loader = loaders[schedule[step]]
-            for micro in range(accumulation):
-                sync = micro == accumulation - 1 or not isinstance(task, DistributedDataParallel)
-                with (nullcontext() if sync else task.no_sync()), autocast_context(self.run_cfg, self.dist.device):
-                    losses = task(loader.next_batch().to(self.dist.device))
-                    loss = losses["loss"] / accumulation
-                if not torch.isfinite(loss):
-                    break
-                scaler.scale(loss).backward()
-            state.step += 1
-            if not torch.isfinite(loss):
-                self._skip_nonfinite(state, loss)
-                continue
-            state.nonfinite = 0
-            if self.run_cfg.grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run_cfg.grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state.scheduler.step()
-            if state.step % max(1, int(self.run_cfg.log_steps)) == 0 or step == 0:
+            losses = self._step(state, task, loaders[schedule[state.step]])
+            if losses is not None and (state.step % max(1, int(self.run_cfg.log_steps)) == 0 or state.step == 1):
                 parts = " ".join(f"{k} {v.item():.4f}" for k, v in sorted(losses.items()))
                 logger.info("step %d/%d %s lr %.2e temp %.4f (%.1fs)", state.step, total, parts,
                             state.scheduler.get_last_lr()[0], self.model.contra_temp.item(),
                             time.perf_counter() - started)
-            if state.step % eval_every == 0 or state.step == total:
+            evaluate = state.step % eval_every == 0 or state.step == total
+            if evaluate:
                 records = self.evaluate(state.step) if self.val_loaders else []
-                self.save(state, records)
+                self._track_best(state, records)
+            if evaluate or state.step % ckpt_every == 0:
+                self.checkpointer.save(state)
         for loader in loaders:
             if loader.failure_log.count:
                 logger.warning("%s", loader.failure_log.summary())
         barrier()
         return records
+
+    def _step(self, state: TrainState, task, loader) -> dict[str, torch.Tensor] | None:
+        """One optimizer step (its micro-steps included); None when a non-finite loss skipped it."""
+        accumulation = max(1, int(self.run_cfg.gradient_accumulation_steps))
+        scaler, optimizer = state.scaler, state.optimizer
+        for micro in range(accumulation):
+            sync = micro == accumulation - 1 or not isinstance(task, DistributedDataParallel)
+            with (nullcontext() if sync else task.no_sync()), autocast_context(self.run_cfg, self.dist.device):
+                losses = task(loader.next_batch().to(self.dist.device))
+                loss = losses["loss"] / accumulation
+            if not torch.isfinite(loss):
+                break
+            scaler.scale(loss).backward()
+        state.step += 1
+        if not torch.isfinite(loss):
+            self._skip_nonfinite(state, loss)
+            return None
+        state.nonfinite = 0
+        if self.run_cfg.grad_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run_cfg.grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.scheduler.step()
+        return losses
+
+    def _resume(self, state: TrainState) -> bool:
+        """Restore `state` from the checkpoint `resume` names; the logs drop what came after it."""
+        path = self.checkpointer.find(self.run_cfg.resume)
+        if path is None:
+            return False
+        self.checkpointer.load(state, path)
+        logger.info("resuming from %s", path)
+        if self.dist.is_main:
+            for name in ("metrics.jsonl", "train.jsonl"):
+                truncate_records(self.output_dir / "log" / name, state.step)
+        return True
 
     def _skip_nonfinite(self, state: TrainState, loss: torch.Tensor) -> None:
         state.nonfinite += 1
@@ -215,6 +254,16 @@ def dataset_schedule(steps_per_dataset: list[int], total: int, seed: int) -> lis
     order = [i for i, n in enumerate(steps_per_dataset) for _ in range(n)]
     random.Random(seed).shuffle(order)
     return (order * math.ceil(total / len(order)))[:total]
+
+
+def truncate_records(path: Path, step: int) -> None:
+    """Keep the JSON lines of `path` up to `step`: a resumed run writes the later ones again."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept), encoding="utf-8")
 
 
 def best_metric(record: dict) -> tuple[str, float | None]:
