@@ -119,3 +119,20 @@ def test_error_under_torchrun_is_still_one_line(demo_corpus, write_config):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "'tsv'" in errors[0]
+
+
+def test_launcher_script_as_two_nodes(inspect_config, tmp_path):
+    """scripts/vast/train.sh on two "nodes" of this machine: the rendezvous comes from NNODES,
+    NODE_RANK, NPROC_PER_NODE, MASTER_ADDR and MASTER_PORT."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "VIRTUAL_ENV")}
+    env.update(NNODES="2", NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               OMP_NUM_THREADS="1")
+    script = ROOT / "scripts" / "vast" / "train.sh"
+    nodes = [subprocess.Popen(["bash", str(script), "--config", str(inspect_config), "--output_dir", str(out)],
+                              env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for rank in range(2)]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=240)
+        assert node.returncode == 0, stderr[-3000:]
+    assert "world size 2" in (out / "log" / "log.txt").read_text()

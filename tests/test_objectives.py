@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from vast.draws import Draws
 from vast.objectives import _sample_negatives, contrastive_loss
 
 GLOBAL_BATCH, DIM = 8, 16
@@ -85,9 +86,33 @@ def test_hard_negatives_never_pick_the_same_clip():
     same[0, 3] = True  # clip 3 is also clip 0 (e.g. two rows of one video)
     for ratio in (0.0, 0.5, 1.0):
         for _ in range(20):
-            picks = _sample_negatives(similarity, same, 0.07, random_ratio=ratio)
+            picks = _sample_negatives(similarity, same, 0.07, torch.rand(6, 6), torch.rand(6) < ratio)
             assert not same[torch.arange(6), picks].any()
-    assert _sample_negatives(similarity[:1, :1], torch.ones(1, 1, dtype=torch.bool), 0.07) is None
+    assert _sample_negatives(similarity[:1, :1], torch.ones(1, 1, dtype=torch.bool), 0.07, torch.rand(1, 1)) is None
+
+
+def test_hashed_draws_follow_the_sampling_distributions():
+    """Hard negatives drawn with hashed uniforms follow softmax(similarity / temperature) over the
+    other clips; random ones are uniform; a pair's draw does not depend on where it sits."""
+    similarity = torch.tensor([[0.9, 0.5, 0.3, 0.1]]).repeat(4000, 1)
+    same = torch.zeros(4000, 4, dtype=torch.bool)
+    same[:, 0] = True
+    draws = Draws(seed=1, step=0)
+    rows, columns = torch.arange(4000) + 100, torch.arange(4)
+    uniforms = draws.pairs(rows, columns, 1)
+    picks = _sample_negatives(similarity, same, 0.2, uniforms)
+    expected = torch.softmax(torch.tensor([0.5, 0.3, 0.1]) / 0.2, dim=0)
+    observed = torch.bincount(picks, minlength=4)[1:].float() / 4000
+    assert (observed - expected).abs().max() < 0.03
+    uniform = _sample_negatives(similarity, same, 0.2, uniforms, torch.ones(4000, dtype=torch.bool))
+    assert (torch.bincount(uniform, minlength=4)[1:].float() / 4000 - 1 / 3).abs().max() < 0.03
+    # the same (row, column) samples draw the same numbers in another layout, another step draws anew
+    flipped = draws.pairs(rows.flip(0)[:10], columns.flip(0), 1)
+    assert torch.equal(flipped, uniforms.flip(0)[:10].flip(1))
+    assert not torch.equal(Draws(seed=1, step=1).pairs(rows, columns, 1), uniforms)
+    values = draws.rows(rows, 50, 2)
+    assert 0 < values.min() and values.max() < 1 and abs(values.mean().item() - 0.5) < 0.01
+    assert torch.equal(draws.rows(rows, 20, 2), values[:, :20])  # a position's draw ignores the padding width
 
 
 class _RecordingMatcher:
@@ -113,9 +138,9 @@ def test_subtitle_swap_negatives_keep_the_clip_and_take_another_subtitle():
     tokens = TextTokens(torch.ones(n, 5, dtype=torch.long), torch.ones(n, 5, dtype=torch.long))
     codes = torch.arange(n)
     matcher = _RecordingMatcher()
-    for _ in range(10):
+    for step in range(10):
         loss = matching_loss(matcher, tokens, memory, None, feats, feats, codes, torch.tensor(0.07),
-                             subtitles=subtitles, subtitle_swap_ratio=1.0)
+                             Draws(0, step), subtitles=subtitles, subtitle_swap_ratio=1.0)
         assert loss is not None
         negatives = matcher.pairs[n:2 * n]  # (text i, negative) pairs
         for i in range(n):
@@ -124,7 +149,7 @@ def test_subtitle_swap_negatives_keep_the_clip_and_take_another_subtitle():
             assert donor != i and subtitles[donor] != subtitles[i]  # a subtitle that differs
         assert (matcher.pairs[:n, :, 0] == memory[:, :, 0]).all()  # positives untouched
     # without the ratio, every (text, negative) pair is another whole clip
-    matching_loss(matcher, tokens, memory, None, feats, feats, codes, torch.tensor(0.07), subtitles=subtitles)
+    matching_loss(matcher, tokens, memory, None, feats, feats, codes, torch.tensor(0.07), Draws(0, 0), subtitles=subtitles)
     negatives = matcher.pairs[n:2 * n]
     assert all(int(negatives[i, 0, 0]) != i and int(negatives[i, 3, 0]) == 10 + int(negatives[i, 0, 0])
                for i in range(n))

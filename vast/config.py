@@ -32,6 +32,7 @@ CHOICES = {
     "run_cfg.scheduler": ("warmup_linear", "warmup_cosine", "constant"),
     "run_cfg.mode": ("training", "testing", "inspect", "check_data"),
     "run_cfg.dataset_mix_type": ("random", "round_robin"),
+    "run_cfg.contrastive_negatives": ("global", "micro_batch"),
 }
 
 

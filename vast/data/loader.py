@@ -69,11 +69,14 @@ def build_dataset(entry: DataEntry, config: Config, dist_info: DistInfo | None =
     return AnnotationDataset(entry, config.model_cfg, seed=seed)
 
 
-def per_rank_batch_size(entry: DataEntry, world_size: int) -> int:
-    """`batch_size` in a config is the global batch, as in VAST; each rank takes its share."""
-    if entry.batch_size % world_size:
-        raise ConfigError(f"{entry.where}.batch_size: {entry.batch_size} does not divide over {world_size} processes")
-    return entry.batch_size // world_size
+def per_rank_batch_size(entry: DataEntry, world_size: int, accumulation: int = 1) -> int:
+    """`batch_size` in a config is the global batch, as in VAST: each rank takes its share, and in
+    training with gradient accumulation each micro-step a share of that."""
+    if entry.batch_size % (world_size * accumulation):
+        parts = f"{world_size} process(es)" + (f" x {accumulation} accumulation steps" if accumulation > 1 else "")
+        raise ConfigError(f"{entry.where}.batch_size: {entry.batch_size} does not divide into {parts}; "
+                          f"use a multiple of {world_size * accumulation}")
+    return entry.batch_size // (world_size * accumulation)
 
 
 class FailureLog:
@@ -200,7 +203,8 @@ def build_loader(entry: DataEntry, config: Config, dist_info: DistInfo, dataset=
     # training passes start at any step (and anew after a resume): their own generator keeps them from
     # drawing on torch's global one, which dropout and the objectives use
     generator = torch.Generator().manual_seed(seed) if entry.training else None
-    common = dict(batch_size=per_rank_batch_size(entry, dist_info.world_size), num_workers=entry.n_workers,
+    accumulation = max(1, int(config.run_cfg.gradient_accumulation_steps)) if entry.training else 1
+    common = dict(batch_size=per_rank_batch_size(entry, dist_info.world_size, accumulation), num_workers=entry.n_workers,
                   collate_fn=dataset.collate, drop_last=False, persistent_workers=False, generator=generator,
                   pin_memory=bool(config.run_cfg.pin_mem) and dist_info.device.type == "cuda")
     if isinstance(dataset, ShardDataset):

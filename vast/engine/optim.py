@@ -37,9 +37,8 @@ def parameter_groups(model: nn.Module, run_cfg: Section) -> list[dict]:
 def create_optimizer(model: nn.Module, run_cfg: Section) -> torch.optim.Optimizer:
     groups = parameter_groups(model, run_cfg)
     betas = tuple(float(b) for b in run_cfg.betas)
-    if run_cfg.optim == "adam":
-        return torch.optim.Adam(groups, betas=betas)
-    return torch.optim.AdamW(groups, betas=betas)
+    kind = torch.optim.Adam if run_cfg.optim == "adam" else torch.optim.AdamW
+    return kind(groups, betas=betas, eps=float(run_cfg.adam_epsilon))
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_ratio: float, kind: str) -> float:

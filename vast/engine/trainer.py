@@ -75,7 +75,7 @@ class Trainer:
         seed_everything(seed)  # the same initial weights on every rank (evaluation gathers their outputs)
         self.model = build_model(config).to(dist_info.device)
         seed_everything(seed + dist_info.rank)  # each rank its own dropout and draws, as the original
-        self.task = VastTask(self.model, LossConfig.from_model_cfg(config.model_cfg))
+        self.task = VastTask(self.model, LossConfig.from_model_cfg(config.model_cfg), seed)
         self.val_loaders = [build_loader(e, config, dist_info) for e in config.val]
         self.checkpointer = Checkpointer(self.output_dir, dist_info, bool(self.run_cfg.remove_before_ckpt))
         precision = str(autocast_dtype(self.run_cfg, dist_info.device) or torch.float32).removeprefix("torch.")
@@ -202,17 +202,27 @@ class Trainer:
         return records
 
     def _step(self, state: TrainState, task, loader) -> dict[str, torch.Tensor] | None:
-        """One optimizer step (its micro-steps included); None when a non-finite loss skipped it."""
+        """One optimizer step over one global batch: `gradient_accumulation_steps` micro-batches,
+        gradients synchronised on the last; the losses are their mean, None when a non-finite loss
+        skipped the step."""
         accumulation = max(1, int(self.run_cfg.gradient_accumulation_steps))
         scaler, optimizer = state.scaler, state.optimizer
-        for micro in range(accumulation):
+        batches = [loader.next_batch().to(self.dist.device) for _ in range(accumulation)]
+        cache = None
+        if accumulation > 1 and self.run_cfg.contrastive_negatives == "global":
+            with autocast_context(self.run_cfg, self.dist.device):
+                cache = self.task.contrastive_cache(batches)
+        logged: dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(batches):
             sync = micro == accumulation - 1 or not isinstance(task, DistributedDataParallel)
             with (nullcontext() if sync else task.no_sync()), autocast_context(self.run_cfg, self.dist.device):
-                losses = task(loader.next_batch().to(self.dist.device))
-                loss = losses["loss"] / accumulation
+                losses = task(batch, step=state.step, micro=micro, micro_steps=accumulation, cache=cache)
+            loss = losses.pop("loss")
             if not torch.isfinite(loss):
                 break
             scaler.scale(loss).backward()
+            for name, value in losses.items():
+                logged[name] = logged.get(name, 0.0) + value.detach() / accumulation
         state.step += 1
         if not torch.isfinite(loss):
             self._skip_nonfinite(state, loss)
@@ -225,7 +235,8 @@ class Trainer:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state.scheduler.step()
-        return losses
+        logged["loss"] = sum(logged.values())
+        return logged
 
     def _resume(self, state: TrainState) -> bool:
         """Restore `state` from the checkpoint `resume` names; the logs drop what came after it."""
