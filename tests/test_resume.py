@@ -14,15 +14,15 @@ from conftest import ROOT, demo_entry
 from test_cli import run
 from test_training import read_metrics
 
-RUN = {"learning_rate": 3e-4, "clip_lr": 3e-4, "valid_freq": 2, "ckpt_steps": 2, "first_eval": True,
+RUN = {"learning_rate": 3e-4, "clip_lr": 3e-4, "valid_freq": 1, "ckpt_steps": 2, "first_eval": True,
        "log_steps": 1, "save_best": True, "seed": 7}
 
 
 def two_corpus_config(demo_corpus, write_config):
-    """Two corpora of 8 clips, batch 4, 3 steps each: 6 steps, and the retrieval corpus crosses an
-    epoch; evaluation at steps 0, 3 and 6; checkpoints at 2, 3, 4 and 6."""
+    """Two corpora of 8 clips, batch 4: retrieval 3 steps (it crosses an epoch), captioning 2;
+    evaluation at steps 0 and 5 (the last), checkpoints at 2, 4 and 5."""
     train = [demo_entry(demo_corpus, "train", "ret_train.json", "ret%tvas", steps=3),
-             demo_entry(demo_corpus, "train", "cap_train.json", "cap%tvas", steps=3, n_workers=1)]
+             demo_entry(demo_corpus, "train", "cap_train.json", "cap%tvas", steps=2, n_workers=1)]
     for entry in train:
         entry.pop("epoch")
     val = demo_entry(demo_corpus, "val", "ret_test.json", "ret%tvas%tv", batch_size=8)
@@ -36,7 +36,7 @@ def command(config, out, *extra):
 
 
 def final_weights(out):
-    return torch.load(out / "ckpt" / "model_step_6.pt", weights_only=True)
+    return torch.load(out / "ckpt" / "model_step_5.pt", weights_only=True)
 
 
 def assert_same_weights(a, b):
@@ -60,15 +60,15 @@ def test_sigkill_then_resume_equals_uninterrupted(demo_corpus, write_config, tmp
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "ckpt" / "model_step_6.pt").exists()
+    assert not (killed / "ckpt" / "model_step_5.pt").exists()
 
     result = run(["--config", str(config), "--output_dir", str(killed), "--resume", "true"], timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_part = (killed / "log" / "log.txt").read_text().split("resuming from")[-1]
-    assert "step 1/6 " not in resumed_part and "step 6/6 " in resumed_part  # continued, not restarted
+    assert "step 1/5 " not in resumed_part and "step 5/5 " in resumed_part  # continued, not restarted
     assert_same_weights(final_weights(whole), final_weights(killed))
     assert read_metrics(killed) == read_metrics(whole)
-    assert [p.name for p in sorted((killed / "ckpt").glob("model_step_*.pt"))] == ["model_step_6.pt"]
+    assert [p.name for p in sorted((killed / "ckpt").glob("model_step_*.pt"))] == ["model_step_5.pt"]
 
 
 KILL_IN_WRITE = """
@@ -100,16 +100,16 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(demo_corpus, write_
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     ckpt = out / "ckpt"
     assert (ckpt / "model_step_4.pt").exists() and not (ckpt / "training_state_4.pt").exists()
-    assert (ckpt / "training_state_3.pt").is_file()  # remove_before_ckpt waits for a complete newer one
-    torch.load(ckpt / "model_step_3.pt", weights_only=True)
-    torch.load(ckpt / "training_state_3.pt", weights_only=False)
+    assert (ckpt / "training_state_2.pt").is_file()  # remove_before_ckpt waits for a complete newer one
+    torch.load(ckpt / "model_step_2.pt", weights_only=True)
+    torch.load(ckpt / "training_state_2.pt", weights_only=False)
 
     result = run(["--config", str(config), "--output_dir", str(out), "--resume", "true"], timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "training_state_3.pt" in (out / "log" / "log.txt").read_text()
+    assert "training_state_2.pt" in (out / "log" / "log.txt").read_text()
     assert sorted(p.name for p in ckpt.iterdir()) == sorted([
         "best_demo_ret_test_tvas_t2v_itm_r1.pt", "best_demo_ret_test_tv_t2v_itm_r1.pt",
-        "model_step_6.pt", "training_state_6.pt"])  # the incomplete step 4 and its temporary file are gone
+        "model_step_5.pt", "training_state_5.pt"])  # the incomplete step 4 and its temporary file are gone
 
 
 def test_resume_refuses_what_it_cannot_continue(demo_corpus, write_config, tmp_path):

@@ -3,13 +3,14 @@ mode from a checkpoint, zero-shot, pretrain_dir chaining, and DDP training with 
 
 import json
 
+import pytest
 import torch
 
 from conftest import demo_entry
 from test_cli import run, torchrun
 
 TINY_RUN = {"learning_rate": 3e-4, "clip_lr": 3e-4, "valid_freq": 2, "first_eval": True, "log_steps": 1,
-            "save_best": True}
+            "save_best": True, "tensorboard": True}
 
 
 def small_config(demo_corpus, write_config, train_task="ret%tvas", **run_cfg):
@@ -38,6 +39,13 @@ def test_train_writes_checkpoints_metrics_and_reloads(demo_corpus, write_config,
     assert (ckpt / "model_step_2.pt").is_file() and (ckpt / "training_state_2.pt").is_file()
     assert not (ckpt / "model_step_1.pt").exists()  # remove_before_ckpt
     assert list(ckpt.glob("best_*.pt"))
+    steps = [json.loads(line) for line in (out / "log" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == [1, 2]
+    for record in steps:
+        assert set(record["losses"]) == {"contra_tvas", "itm_tvas"}
+        assert record["loss"] == pytest.approx(sum(record["losses"].values()), rel=1e-5)
+        assert record["samples_per_s"] > 0 and 0 <= record["data_wait"] <= 1 and record["peak_memory_mb"] > 0
+    assert list((out / "log" / "tensorboard").glob("events.out.tfevents.*"))
     state = torch.load(ckpt / "model_step_2.pt", weights_only=True)
     assert "multimodal_encoder.bert.encoder.layer.0.crossattention.self.query.weight" in state
     assert "contra_head_vas.weight" in state

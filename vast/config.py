@@ -370,7 +370,7 @@ def parse_options(argv: list[str]) -> dict[str, list[str]]:
 
 def _option_value(tokens: list[str], spec: KeySpec, where: str) -> Any:
     if not tokens:
-        if spec.kind is bool:
+        if spec.kind in (bool, FlagOrText):  # a bare flag: --resume, --deepspeed
             return True
         raise ConfigError(f"{where}: needs a value")
     if spec.kind is list:

@@ -5,6 +5,8 @@ A checkpoint of step N is two files in `output_dir/ckpt/`:
   `--mode testing` and `vast.load_model` read;
 - `training_state_<N>.pt`: everything else, written last: the step, optimizer, scheduler, grad
   scaler, best metrics so far, and per rank the RNG states and each corpus's data position.
+- under DeepSpeed, `deepspeed/step_<N>/`: DeepSpeed's own checkpoint (model, the optimizer's
+  partitions, scheduler), written by every rank before the state file, which then names it.
 
 Each file is written to a temporary name and renamed, and the state file comes second, so a
 checkpoint is complete exactly when its state file exists. Older checkpoints are removed only after
@@ -16,12 +18,14 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vast.distributed import DistInfo, all_gather_objects, barrier
+from vast.engine.deepspeed_backend import plain_weights
 from vast.errors import DataError
 from vast.models.checkpoints import atomic_save
 
@@ -50,8 +54,9 @@ class TrainState:
     `state_dict()["rank"]` is this rank's own part (RNGs, data positions); the rest is the same on
     every rank."""
 
-    def __init__(self, model, optimizer, scheduler, scaler, loaders, total_steps: int):
+    def __init__(self, model, optimizer, scheduler, scaler, loaders, total_steps: int, engine=None):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.engine = engine  # a DeepSpeed engine keeps the optimizer, scheduler and scaling itself
         self.loaders = loaders
         self.total_steps = total_steps
         self.step = 0
@@ -59,17 +64,22 @@ class TrainState:
         self.nonfinite = 0  # steps in a row whose loss was not finite
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "total_steps": self.total_steps, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "best": dict(self.best), "nonfinite": self.nonfinite,
-                "rank": {"rng": rng_state(), "loaders": [loader.state_dict() for loader in self.loaders]}}
+        state = {"step": self.step, "total_steps": self.total_steps, "model": self.model.state_dict(),
+                 "best": dict(self.best), "nonfinite": self.nonfinite,
+                 "rank": {"rng": rng_state(), "loaders": [loader.state_dict() for loader in self.loaders]}}
+        if self.engine is None:
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                         scaler=self.scaler.state_dict())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore everything but, under DeepSpeed, what its own checkpoint holds (loaded before)."""
         self.step, self.best, self.nonfinite = int(state["step"]), dict(state["best"]), int(state["nonfinite"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if self.engine is None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
         for loader, loader_state in zip(self.loaders, state["rank"]["loaders"]):
             loader.load_state_dict(loader_state)
         set_rng_state(state["rank"]["rng"])
@@ -90,9 +100,15 @@ class Checkpointer:
         return self.dir / f"training_state_{step}.pt"
 
     def save(self, state: TrainState) -> None:
-        """Collective: every rank hands over its own part; rank 0 writes the files, then prunes."""
+        """Collective: every rank hands over its own part (and writes its DeepSpeed shards); rank 0
+        writes the files, then prunes."""
         full = state.state_dict()
         ranks = all_gather_objects(full.pop("rank"))
+        if state.engine is not None:
+            full["deepspeed"] = f"step_{state.step}"
+            state.engine.save_checkpoint(str(self.dir / "deepspeed"), tag=full["deepspeed"], save_latest=False)
+            barrier()  # every rank's shards are on disk before the state file names them
+            full["model"] = plain_weights(state.engine, full["model"])
         if self.dist.is_main:
             atomic_save(full.pop("model"), self.model_path(state.step))
             atomic_save({**full, "ranks": ranks}, self.state_path(state.step))
@@ -101,11 +117,12 @@ class Checkpointer:
         barrier()
 
     def _remove_all_but(self, step: int) -> None:
-        keep = {self.model_path(step).name, self.state_path(step).name}
-        for pattern in ("model_step_*.pt", "training_state_*.pt", ".model_step_*.tmp", ".training_state_*.tmp"):
+        keep = {self.model_path(step).name, self.state_path(step).name, f"step_{step}"}
+        for pattern in ("model_step_*.pt", "training_state_*.pt", ".model_step_*.tmp", ".training_state_*.tmp",
+                        "deepspeed/step_*"):
             for old in self.dir.glob(pattern):
                 if old.name not in keep:
-                    old.unlink(missing_ok=True)
+                    shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
 
     def find(self, resume) -> Path | None:
         """The state file that `resume` names: None for false; true: the newest complete checkpoint
@@ -138,8 +155,17 @@ class Checkpointer:
         if int(saved["total_steps"]) != state.total_steps:
             raise DataError(f"{state_path}: its run trains {saved['total_steps']} steps, this config "
                             f"{state.total_steps}: resume with the config of the interrupted run")
-        model_path = state_path.with_name(f"model_step_{int(saved['step'])}.pt")
-        saved["model"] = torch.load(model_path, map_location="cpu", weights_only=True)
+        if state.engine is not None:
+            if "deepspeed" not in saved:
+                raise DataError(f"{state_path}: written without DeepSpeed; resume it without run_cfg.deepspeed")
+            loaded, _ = state.engine.load_checkpoint(str(state_path.parent / "deepspeed"), tag=saved["deepspeed"])
+            if loaded is None:
+                raise DataError(f"{state_path.parent / 'deepspeed' / saved['deepspeed']}: DeepSpeed could not load it")
+        elif "deepspeed" in saved:
+            raise DataError(f"{state_path}: written by a DeepSpeed run; resume it with the same run_cfg.deepspeed")
+        else:
+            model_path = state_path.with_name(f"model_step_{int(saved['step'])}.pt")
+            saved["model"] = torch.load(model_path, map_location="cpu", weights_only=True)
         saved["rank"] = ranks[self.dist.rank]
         state.load_state_dict(saved)
 

@@ -18,6 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 from vast.config import Config
 from vast.data.loader import build_loader
 from vast.distributed import DistInfo, barrier
+from vast.engine import deepspeed_backend
+from vast.engine.monitor import TrainingMonitor
 from vast.engine.optim import create_optimizer, create_scheduler
 from vast.engine.state import Checkpointer, TrainState, rng_state, set_rng_state
 from vast.errors import VastError
@@ -161,16 +163,26 @@ class Trainer:
             return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
         return module
 
+    def _training_state(self, loaders, total: int) -> tuple[TrainState, torch.nn.Module]:
+        """The state to train (and checkpoint) and the module a step calls: the task itself, under
+        DDP, or under a DeepSpeed engine."""
+        optimizer = create_optimizer(self.model, self.run_cfg)
+        scheduler = create_scheduler(optimizer, total, self.run_cfg)
+        scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.dist.device.type == "cuda"
+                                      and self.run_cfg.fp16 and not self.run_cfg.bf16)
+        zero = deepspeed_backend.zero_settings(self.run_cfg.deepspeed)
+        if zero is None:
+            return TrainState(self.model, optimizer, scheduler, scaler, loaders, total), self._wrap(self.task)
+        micro = loaders[0].dataloader.batch_size
+        config = deepspeed_backend.deepspeed_config(zero, self.run_cfg, micro, self.dist.world_size, self.dist.device)
+        engine = deepspeed_backend.initialize(self.task, optimizer, scheduler, config)
+        return TrainState(self.model, optimizer, scheduler, scaler, loaders, total, engine=engine), engine
+
     def train(self) -> list[dict]:
         loaders, steps_per_dataset = self._train_loaders()
         total = int(self.run_cfg.num_train_steps) or sum(steps_per_dataset)
         schedule = dataset_schedule(steps_per_dataset, total, int(self.run_cfg.seed))
-        task = self._wrap(self.task)
-        optimizer = create_optimizer(self.model, self.run_cfg)
-        scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.dist.device.type == "cuda"
-                                      and self.run_cfg.fp16 and not self.run_cfg.bf16)
-        state = TrainState(self.model, optimizer, create_scheduler(optimizer, total, self.run_cfg), scaler,
-                           loaders, total)
+        state, task = self._training_state(loaders, total)
         eval_every = max(1, total // max(1, int(self.run_cfg.valid_freq)))
         ckpt_every = int(self.run_cfg.ckpt_steps) or eval_every
         records: list[dict] = []
@@ -180,34 +192,43 @@ class Trainer:
             records = self.evaluate(0)
         logger.info("training %d steps over %d dataset(s); evaluation every %d steps, checkpoint every %d",
                     total, len(loaders), eval_every, ckpt_every)
+        monitor = TrainingMonitor(self.output_dir, total, state.step, int(self.run_cfg.log_steps),
+                                  self.dist.is_main, self.dist.device, bool(self.run_cfg.tensorboard))
         started = time.perf_counter()
         while state.step < total:
             task.train()
-            losses = self._step(state, task, loaders[schedule[state.step]])
+            step_started = time.perf_counter()
+            losses, samples, data_seconds = self._step(state, task, loaders[schedule[state.step]])
+            lr = state.scheduler.get_last_lr()[0]
+            monitor.step(state.step, losses, lr, samples * self.dist.world_size,
+                         time.perf_counter() - step_started, data_seconds)
             if losses is not None and (state.step % max(1, int(self.run_cfg.log_steps)) == 0 or state.step == 1):
                 parts = " ".join(f"{k} {v.item():.4f}" for k, v in sorted(losses.items()))
-                logger.info("step %d/%d %s lr %.2e temp %.4f (%.1fs)", state.step, total, parts,
-                            state.scheduler.get_last_lr()[0], self.model.contra_temp.item(),
-                            time.perf_counter() - started)
+                logger.info("step %d/%d %s lr %.2e temp %.4f (%.1fs)", state.step, total, parts, lr,
+                            self.model.contra_temp.item(), time.perf_counter() - started)
             evaluate = state.step % eval_every == 0 or state.step == total
             if evaluate:
                 records = self.evaluate(state.step) if self.val_loaders else []
                 self._track_best(state, records)
             if evaluate or state.step % ckpt_every == 0:
                 self.checkpointer.save(state)
+        monitor.close()
         for loader in loaders:
             if loader.failure_log.count:
                 logger.warning("%s", loader.failure_log.summary())
         barrier()
         return records
 
-    def _step(self, state: TrainState, task, loader) -> dict[str, torch.Tensor] | None:
+    def _step(self, state: TrainState, task, loader) -> tuple[dict[str, torch.Tensor] | None, int, float]:
         """One optimizer step over one global batch: `gradient_accumulation_steps` micro-batches,
-        gradients synchronised on the last; the losses are their mean, None when a non-finite loss
-        skipped the step."""
+        gradients synchronised on the last. Returns the losses (their mean over the micro-batches;
+        None when a non-finite loss skipped the step), this rank's clips, and the seconds spent
+        waiting for batches."""
         accumulation = max(1, int(self.run_cfg.gradient_accumulation_steps))
-        scaler, optimizer = state.scaler, state.optimizer
+        fetch_started = time.perf_counter()
         batches = [loader.next_batch().to(self.dist.device) for _ in range(accumulation)]
+        data_seconds = time.perf_counter() - fetch_started
+        samples = sum(len(batch) for batch in batches)
         cache = None
         if accumulation > 1 and self.run_cfg.contrastive_negatives == "global":
             with autocast_context(self.run_cfg, self.dist.device):
@@ -219,15 +240,29 @@ class Trainer:
                 losses = task(batch, step=state.step, micro=micro, micro_steps=accumulation, cache=cache)
             loss = losses.pop("loss")
             if not torch.isfinite(loss):
+                if state.engine is not None:
+                    raise VastError(f"step {state.step}: the loss is not finite ({loss.item()}); under DeepSpeed "
+                                    "the run stops: lower learning_rate, or use bf16 instead of fp16")
                 break
-            scaler.scale(loss).backward()
+            if state.engine is not None:
+                state.engine.backward(loss, scale_wrt_gas=False)  # the task already divides by micro-steps
+                state.engine.step()  # the optimizer steps at the accumulation boundary
+            else:
+                state.scaler.scale(loss).backward()
             for name, value in losses.items():
                 logged[name] = logged.get(name, 0.0) + value.detach() / accumulation
         state.step += 1
         if not torch.isfinite(loss):
             self._skip_nonfinite(state, loss)
-            return None
+            return None, samples, data_seconds
         state.nonfinite = 0
+        if state.engine is None:
+            self._optimizer_step(state)
+        logged["loss"] = sum(logged.values())
+        return logged, samples, data_seconds
+
+    def _optimizer_step(self, state: TrainState) -> None:
+        scaler, optimizer = state.scaler, state.optimizer
         if self.run_cfg.grad_norm > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run_cfg.grad_norm)
@@ -235,8 +270,6 @@ class Trainer:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state.scheduler.step()
-        logged["loss"] = sum(logged.values())
-        return logged
 
     def _resume(self, state: TrainState) -> bool:
         """Restore `state` from the checkpoint `resume` names; the logs drop what came after it."""
@@ -290,6 +323,9 @@ def best_metric(record: dict) -> tuple[str, float | None]:
 
 
 def run_training(config: Config, dist_info: DistInfo):
+    if config.run_cfg.mode == "training" and not config.run_cfg.zero_shot:  # settings that cannot work stop here
+        deepspeed_backend.zero_settings(config.run_cfg.deepspeed)
+        Checkpointer(Path(config.run_cfg.output_dir), dist_info).find(config.run_cfg.resume)
     trainer = Trainer(config, dist_info)
     if config.run_cfg.mode == "testing" or config.run_cfg.zero_shot:
         return trainer.evaluate(0)
