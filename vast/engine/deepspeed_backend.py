@@ -84,10 +84,6 @@ def deepspeed_config(zero: dict, run_cfg, micro_batch: int, world_size: int, dev
     }
 
 
-def uses_deepspeed_fp16(engine) -> bool:
-    return bool(engine.fp16_enabled())
-
-
 def initialize(task: torch.nn.Module, optimizer, scheduler, config: dict):
     """The DeepSpeed engine around the task (it runs forward, backward, clipping and the optimizer
     and scheduler steps at the accumulation boundary)."""
@@ -117,5 +113,8 @@ def initialize(task: torch.nn.Module, optimizer, scheduler, config: dict):
 def plain_weights(engine, model_state: dict) -> dict:
     """The model's weights as DDP training writes them: fp32, the scalar parameters 0-dim again."""
     scalars = set(getattr(engine, "vast_scalar_parameters", ()))
-    return {key: (value.float() if value.is_floating_point() else value).reshape(()) if key in scalars
-            else (value.float() if value.is_floating_point() else value) for key, value in model_state.items()}
+    plain = {}
+    for key, value in model_state.items():
+        value = value.float() if value.is_floating_point() else value
+        plain[key] = value.reshape(()) if key in scalars else value
+    return plain

@@ -36,7 +36,7 @@ class TrainingMonitor:
         self.total, self.log_steps, self.is_main, self.device = total_steps, max(1, log_steps), is_main, device
         self.path = Path(output_dir) / "log" / "train.jsonl"
         self.started = time.perf_counter()
-        self._window = {"steps": 0, "samples": 0, "seconds": 0.0, "data": 0.0}
+        self._window = {"samples": 0, "seconds": 0.0, "data": 0.0}
         self.bar = self.writer = None
         if not is_main:
             return
@@ -52,7 +52,6 @@ class TrainingMonitor:
         """Account for optimizer step `step` (1-based): `samples` clips over all ranks in `seconds`,
         `data_seconds` of which waiting for batches; `losses` None for a skipped step."""
         window = self._window
-        window["steps"] += 1
         window["samples"] += samples
         window["seconds"] += seconds
         window["data"] += data_seconds
@@ -69,7 +68,7 @@ class TrainingMonitor:
                   "data_wait": round(window["data"] / max(window["seconds"], 1e-9), 4),
                   "peak_memory_mb": round(memory, 1), "memory_kind": kind,
                   "seconds": round(time.perf_counter() - self.started, 2)}
-        self._window = {"steps": 0, "samples": 0, "seconds": 0.0, "data": 0.0}
+        self._window = {"samples": 0, "seconds": 0.0, "data": 0.0}
         if not self.is_main:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
