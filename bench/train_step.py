@@ -35,7 +35,7 @@ import torch
 from vast import distributed
 from vast.config import PROJECT_ROOT, load_config
 from vast.data.demo_corpus import build_demo_corpus
-from vast.engine.optim import create_optimizer
+from vast.engine.optim import OptimConfig, create_optimizer
 from vast.engine.trainer import Trainer
 
 TASK = "ret%tvas_cap%tvas"
@@ -116,7 +116,7 @@ def main() -> int:
         batch = loaders[0].next_batch().to(trainer.dist.device)
 
     model, task = trainer.model, trainer.task.train()
-    optimizer = create_optimizer(model, trainer.run_cfg)
+    optimizer = create_optimizer(model, OptimConfig.from_run_cfg(trainer.run_cfg))
     towers = {name: TowerMeter(getattr(model, name)) for name in ("vision_encoder", "audio_encoder")}
     phases = {"forward": [], "backward": [], "optimizer step": []}
     calls = {name: [] for name in towers}

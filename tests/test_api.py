@@ -1,5 +1,6 @@
 """`vast.load_model` and the inference API (embed_text, embed, match, caption, answer)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import vast
-from vast.config import MODEL_SCHEMA
+from vast.config import MODEL_KEYS
 from vast.errors import ConfigError, DataError
 from vast.models.checkpoints import atomic_save
-from vast.models.generation import GenerationConfig
+from vast.models.generation import caption_generation_config
 from vast.models.vast import VAST
 from vast.tasks import ModalityGroup
 
@@ -98,7 +99,9 @@ def test_caption_and_answer_return_strings(run_dir, clips):
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions) and len(beams) == 2
     with torch.no_grad():
         media = model.encode_media(ModalityGroup.parse("tvas").modalities, clips["vision"], clips["audio"], clips["subtitles"])
-        direct = model.generate_text(media, ModalityGroup.parse("tvas"), GenerationConfig(max_len=6))
+        # the evaluation's setting (the config's beam_size), not a default of the API's own
+        evaluation = dataclasses.replace(caption_generation_config(model.model_cfg), max_len=6)
+        direct = model.generate_text(media, ModalityGroup.parse("tvas"), evaluation)
     assert captions == [d[0] for d in direct]
     answers = model.answer(["what color is the circle", "what word is spoken"], "tvas", **clips)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
@@ -142,7 +145,7 @@ def original_run(tmp_path_factory):
     (root / "log" / "hps.json").write_text(json.dumps({"run_cfg": {"fp16": True}, "model_cfg": saved_cfg,
                                                        "data_cfg": {"train": [], "val": []}, "local_rank": 0}))
     torch.manual_seed(0)
-    layout = VAST({**{k: spec.default for k, spec in MODEL_SCHEMA.items()}, **saved_cfg})
+    layout = VAST({**{k: spec.default for k, spec in MODEL_KEYS.items()}, **saved_cfg})
     generator = torch.Generator().manual_seed(1)
     state = {}
     for key, value in layout.state_dict().items():
@@ -273,7 +276,7 @@ def test_original_run_greedy_captions_and_answers(original_model, original_clips
             start = torch.full((3, 1), tok.cls_token_id)
             # captions: from [CLS], at most max_caption_len tokens
             expected = _decode_with_full_forwards(model, start, torch.ones_like(start), 0, memory, 14)
-            assert model.caption(group, **original_clips) == expected
+            assert model.caption(group, **original_clips, beam_size=1) == expected
             # answers: the question padded to max_question_len, then [CLS]; at most 10 tokens
             questions = ["what is the man doing", "why", "what color is the car in the middle of the road"]
             q = tok(questions, padding="max_length", truncation=True, max_length=14, return_tensors="pt")
@@ -281,7 +284,7 @@ def test_original_run_greedy_captions_and_answers(original_model, original_clips
                                                   torch.cat([q["attention_mask"], torch.ones_like(start)], 1),
                                                   14, memory, 10)
             assert model.answer(questions, group, **original_clips) == expected
-    captions = model.caption("tvas", **original_clips)
+    captions = model.caption("tvas", **original_clips, beam_size=1)
     assert len(set(captions)) == 3 and all(len(c.split()) > 2 for c in captions), captions
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from vast.errors import DataError
 from vast.evaluation.captioning import coco_caption_scores, load_coco_references
-from vast.evaluation.qa import normalize_answer, qa_accuracy
+from vast.evaluation.qa import normalize_answer, qa_accuracy, vqa_normalize, vqa_soft_accuracy
 
 from conftest import demo_entry
 from test_cli import run
@@ -19,6 +19,28 @@ def test_normalize_answer():
     assert normalize_answer("  an  apple!! ") == "apple"
     assert normalize_answer("left-to-right") == "lefttoright"
     assert normalize_answer("Théâtre") == "théâtre"
+
+
+def test_vqa_soft_accuracy_equals_the_official_formula():
+    """By hand: acc = mean over the 10 leave-one-out subsets of min(1, matches / 3)."""
+    people = ["red"] * 4 + ["dark red"] * 3 + ["maroon"] * 2 + ["Red."]
+    assert vqa_soft_accuracy("red", people) == 1.0  # 5 after normalisation: >= 3 in every subset
+    assert vqa_soft_accuracy("dark red", people) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)  # 0.9
+    assert vqa_soft_accuracy("maroon", people) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)  # 0.6
+    assert vqa_soft_accuracy("blue", people) == 0.0
+    assert vqa_soft_accuracy("two", ["2", "2"] + ["3"] * 8) == pytest.approx(0.6)  # number words as digits
+    assert vqa_soft_accuracy("the dog", ["dog", "dog", "dog", "a dog", "dogs"]) == 1.0  # articles dropped
+    assert vqa_soft_accuracy("two", ["2"] * 10) == 0.0  # people agree: the official compares as written
+    assert vqa_normalize("Dont know, 1,000 ones!") == "don't know 1000 ones"
+    assert vqa_normalize("3.5 m. high") == "3.5 m high"
+
+
+def test_qa_accuracy_averages_soft_scores_over_questions():
+    records = [{"answer": "red", "answers": ["red"] * 4 + ["dark red"] * 3 + ["maroon"] * 3, "prediction": "red"},
+               {"answer": "yes", "prediction": "Yes"}]  # one reference: exact match after normalisation
+    assert qa_accuracy(records)["accuracy"] == 100.0
+    records[0]["prediction"] = "maroon"
+    assert qa_accuracy(records)["accuracy"] == round(100 * (0.9 + 1.0) / 2, 2)
 
 
 def test_qa_accuracy_normalised_and_raw():
@@ -75,9 +97,17 @@ def test_caption_and_qa_training_and_evaluation(demo_corpus, write_config, tmp_p
              demo_entry(demo_corpus, "train", "qa_train.json", "qa%tv", steps=2)]
     for entry in train:
         entry.pop("epoch")
+    # a VQAv2-style test file: one question a row, ten people's answers, the release's question ids
+    vqa_rows = [{"video_id": row["video_id"], "question": question, "question_id": 1000 + 10 * i + k,
+                 "answer": [answer] * 4 + [f"{answer}s", "red", "two", "2", "no", answer.upper()]}
+                for i, row in enumerate(json.loads((demo_corpus / "annotations" / "qa_test.json").read_text())[:3])
+                for k, (question, answer) in enumerate(zip(row["question"], row["answer"]))]
+    vqa_file = tmp_path / "vqa_test.json"
+    vqa_file.write_text(json.dumps(vqa_rows))
     val = [demo_entry(demo_corpus, "val", "cap_test.json", "cap%tvas%tv", batch_size=8,
                       annfile=str(demo_corpus / "annotations" / "cap_test_coco.json")),
-           demo_entry(demo_corpus, "val", "qa_test.json", "qa%tv", batch_size=8)]
+           demo_entry(demo_corpus, "val", "qa_test.json", "qa%tv", batch_size=8),
+           demo_entry(demo_corpus, "val", str(vqa_file), "qa%tv", batch_size=8, make_submission=True)]
     config = write_config(train, val, run={"learning_rate": 1e-4, "valid_freq": 1, "first_eval": False, "log_steps": 1},
                           model={"beam_size": 2, "max_caption_len": 8, "max_omni_caption_len": 8})
     out = tmp_path / "run"
@@ -90,7 +120,7 @@ def test_caption_and_qa_training_and_evaluation(demo_corpus, write_config, tmp_p
     qa = [r for r in records if r["type"] == "qa"]
     test_clips = json.loads((demo_corpus / "annotations" / "qa_test.json").read_text())
     questions = sum(len(row["question"]) for row in test_clips)
-    assert len(qa) == 1 and qa[0]["metrics"]["questions"] == questions == 4 * len(test_clips)
+    assert len(qa) == 2 and qa[0]["metrics"]["questions"] == questions == 4 * len(test_clips)
     step = caption[0]["step"]
     captions = json.loads((out / "log" / f"predictions_demo_cap_test_cap_step{step}.json").read_text())
     assert set(captions) == {"tvas", "tv"} and len(captions["tv"]) == len(test_clips)
@@ -98,3 +128,11 @@ def test_caption_and_qa_training_and_evaluation(demo_corpus, write_config, tmp_p
     assert len(answers) == questions and {"question", "answer", "prediction", "video_id"} <= set(answers[0])
     log = (out / "log" / "log.txt").read_text()
     assert "caption_tvas" in log and "qa_tv" in log
+    # soft accuracy over the ten answers, and the submission the VQAv2 server reads
+    vqa_answers = json.loads((out / "log" / f"predictions_demo_vqa_test_qa_step{step}.json").read_text())["tv"]
+    assert [r["question_id"] for r in vqa_answers] == [str(r["question_id"]) for r in vqa_rows]
+    expected = 100 * sum(vqa_soft_accuracy(r["prediction"], r["answers"]) for r in vqa_answers) / len(vqa_rows)
+    assert qa[1]["metrics"]["accuracy"] == round(expected, 2)
+    submission = json.loads((out / "log" / f"submission_demo_vqa_test_tv_step{step}.json").read_text())
+    assert submission == [{"question_id": r["question_id"], "answer": p["prediction"]}
+                          for r, p in zip(vqa_rows, vqa_answers)]

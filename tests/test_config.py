@@ -202,3 +202,62 @@ def test_derived_keys_land_in_the_blocks(write_config):
     config = load_config(write_config([entry(vision_sample_num=6)], [entry("val")], run={"bf16": True}))
     assert config.model_cfg["max_vision_sample_num"] == 6 and config.run_cfg["fp16"] is False
     assert config.to_json()["model_cfg"]["max_vision_sample_num"] == 6
+
+
+def test_defaults_files_are_the_schema():
+    """config/vast/default_*_cfg.json are generated from vast.config.keys (`python -m vast.config --write-defaults`)."""
+    from vast.config import defaults
+
+    for block in ("run_cfg", "model_cfg"):
+        written = json.loads((ROOT / "config" / "vast" / f"default_{block}.json").read_text())
+        assert written == defaults(block), f"regenerate: python -m vast.config --write-defaults ({block})"
+
+
+def test_dataset_mix_types():
+    from vast.engine.trainer import dataset_schedule
+
+    assert dataset_schedule([3, 1, 2], 6, seed=0, mix="round_robin") == [0, 1, 2, 0, 2, 0]
+    assert dataset_schedule([2, 1], 5, seed=0, mix="round_robin") == [0, 1, 0, 0, 1]  # repeated to the total
+    shuffled = dataset_schedule([3, 1, 2], 6, seed=0, mix="random")
+    assert sorted(shuffled) == [0, 0, 0, 1, 2, 2] and shuffled == dataset_schedule([3, 1, 2], 6, seed=0)
+
+
+def test_run_cfg_vision_resolution_reaches_the_model(write_config):
+    """The original read the resolution from run_cfg (its launchers pass --vision_resolution 384)."""
+    path = write_config([entry()], [entry("val")], run={"vision_resolution": 384})
+    assert load_config(path).model_cfg.vision_resolution == 384
+    path = write_config([entry()], [entry("val")], run={"vision_resolution": 384}, model={"vision_resolution": 448})
+    assert load_config(path).model_cfg.vision_resolution == 448
+    assert load_config(path, {"vision_resolution": ["480"]}).model_cfg.vision_resolution == 480
+
+
+def test_inert_model_keys_warn(write_config, caplog):
+    path = write_config([entry()], [entry("val")], model={"model_type": "vast", "evaluation_type": "evaluation_mm"})
+    with caplog.at_level("WARNING"):
+        load_config(path)
+    assert sum("has no effect" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_every_schema_key_is_read_somewhere():
+    """One default per key, and every key read: a key nothing reads belongs on the inert list."""
+    import re
+
+    from vast.config import DATA_KEYS, MODEL_KEYS, RUN_KEYS
+
+    source = "".join(p.read_text() for p in (ROOT / "vast").rglob("*.py") if p.name != "keys.py")
+    dynamic = {"vision_encoder_config", "audio_encoder_config", "text_encoder_config"}  # f"{kind}_encoder_config"
+    for keys in (RUN_KEYS, MODEL_KEYS, DATA_KEYS):
+        unread = [k for k in keys if k not in dynamic and not re.search(r'["\.]%s\b' % re.escape(k), source)]
+        assert not unread, unread
+
+
+def test_text_encoder_config_folder_gives_the_tokenizer(tmp_path):
+    from vast.models.text import minilm_path
+    from vast.models.towers import tokenizer_source
+
+    cfg = {"text_encoder_config": "", "text_encoder_weights": "pretrained_weights/bert/bert-base-uncased",
+           "multimodal_encoder_type": "bert_base_uncased"}
+    assert tokenizer_source(cfg) == "pretrained_weights/bert/bert-base-uncased"
+    assert tokenizer_source({**cfg, "text_encoder_config": minilm_path()}) == minilm_path()  # holds vocab.txt
+    (tmp_path / "config.json").write_text("{}")  # a config without a vocabulary does not
+    assert tokenizer_source({**cfg, "text_encoder_config": str(tmp_path)}) == cfg["text_encoder_weights"]

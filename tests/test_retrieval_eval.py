@@ -3,7 +3,7 @@
 import torch
 
 from vast.evaluation.retrieval import (
-    _candidate_pairs, clip_to_text_ranks, recall_metrics, text_to_clip_ranks,
+    candidate_pairs, clip_to_text_ranks, recall_metrics, text_to_clip_ranks,
 )
 
 
@@ -24,7 +24,7 @@ def test_ranks_with_several_captions_per_clip():
     assert clip_to_text_ranks(scores, target).tolist() == [0, 1]
 
 
-def test_candidate_pairs_cover_top_k_each_way():
+def testcandidate_pairs_cover_top_k_each_way():
     sim = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.1]])
-    assert _candidate_pairs(sim, 1, False) == {(0, 0), (1, 1)}
-    assert _candidate_pairs(sim, 1, True) == {(0, 0), (1, 1), (0, 2)}
+    assert candidate_pairs(sim, 1, False) == {(0, 0), (1, 1)}
+    assert candidate_pairs(sim, 1, True) == {(0, 0), (1, 1), (0, 2)}

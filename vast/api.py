@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from vast.config import MODEL_SCHEMA, _suggest, coerce, read_json, resolve_path
+from vast.config import MODEL_KEYS, coerce, read_json, resolve_path, suggest
 from vast.errors import ConfigError, DataError
 from vast.models.checkpoints import latest_model_checkpoint, load_weights, read_checkpoint
 
@@ -21,13 +21,13 @@ def _original_qa_lengths(saved: dict) -> dict:
     the [CLS], and 10 generated at test)."""
     lengths = {}
     if "max_question_len" not in saved:
-        lengths["max_question_len"] = saved.get("max_caption_len", MODEL_SCHEMA["max_caption_len"].default)
+        lengths["max_question_len"] = saved.get("max_caption_len", MODEL_KEYS["max_caption_len"].default)
     if "max_answer_len" not in saved:
         lengths["max_answer_len"] = 9
     return lengths
 
 
-def _locate(path: Path) -> tuple[Path, Path]:
+def locate_run(path: Path) -> tuple[Path, Path]:
     """(checkpoint file, hps.json path) for a run folder or a checkpoint inside `<run>/ckpt/`."""
     if path.is_dir():
         return latest_model_checkpoint(path), path / "log" / "hps.json"
@@ -40,20 +40,20 @@ def _locate(path: Path) -> tuple[Path, Path]:
 def _coerce_key(key: str, value, where: str):
     if key in DERIVED_KEYS:
         return coerce(value, int, where)
-    if key not in MODEL_SCHEMA:
-        raise ConfigError(f"{where}: unknown model_cfg key{_suggest(key, MODEL_SCHEMA)}")
-    spec = MODEL_SCHEMA[key]
+    if key not in MODEL_KEYS:
+        raise ConfigError(f"{where}: unknown model_cfg key{suggest(key, MODEL_KEYS)}")
+    spec = MODEL_KEYS[key]
     return coerce(value, spec.kind, where, spec.choices)
 
 
 def load_model_config(path, **overrides) -> tuple[dict, Path]:
     """The model_cfg a checkpoint was trained with: defaults < the run's log/hps.json < overrides."""
-    checkpoint, hps_path = _locate(resolve_path(path))
-    cfg = {key: spec.default for key, spec in MODEL_SCHEMA.items()}
+    checkpoint, hps_path = locate_run(resolve_path(path))
+    cfg = {key: spec.default for key, spec in MODEL_KEYS.items()}
     if hps_path.is_file():
         hps = read_json(hps_path, "hps.json")
         saved = hps.get("model_cfg", {}) if isinstance(hps, dict) else {}
-        ignored = sorted(k for k in saved if k not in MODEL_SCHEMA and k not in DERIVED_KEYS)
+        ignored = sorted(k for k in saved if k not in MODEL_KEYS and k not in DERIVED_KEYS)
         if ignored:
             logger.info("%s: model_cfg keys this implementation does not use: %s", hps_path, ", ".join(ignored))
         saved = {k: v for k, v in saved.items() if k not in ignored}

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vast.config import MODEL_SCHEMA
 from vast.distributed import all_gather_objects, gather_no_grad, gather_with_grad, rank_and_world
 from vast.errors import ConfigError
 from vast.models.vast import TextTokens
@@ -305,7 +304,7 @@ class LossConfig:
         values = {}
         for field in fields(cls):
             key = cls.KEYS.get(field.name, field.name)
-            values[field.name] = float(model_cfg.get(key, MODEL_SCHEMA[key].default))
+            values[field.name] = float(model_cfg[key])
         return cls(**values)
 
 

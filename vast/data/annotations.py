@@ -2,8 +2,10 @@
 
 Formats accepted, one JSON list per file:
 - retrieval / caption: `{"video_id"|"image_id"|"id"|"clip_id", "desc"|"caption": str | [str], "subtitle"?}`
-- QA: `{"video_id", "question", "answer", "subtitle"?}`, question/answer either strings (one question a
-  row) or equal-length lists (several questions for one video, as in the released test files)
+- QA: `{"video_id", "question", "answer", "question_id"?, "subtitle"?}`, question/answer either strings
+  (one question a row) or equal-length lists (several questions for one video, as in the released test
+  files). An answer may itself be a list: every person's answer (VQAv2's ten), scored with the VQA
+  soft accuracy and trained on the most frequent one.
 - VAST-27M: `{"clip_id", "vision_cap": [...], "audio_cap": [...], "subtitle", "vast_cap"}`
 - captioner input: `{"video_id"}` only (ids to label; no text)
 
@@ -66,12 +68,37 @@ def normalise_row(row, where: str) -> Sample:
             raise DataError(f"{where}.subtitle: expected a string, got {row['subtitle']!r:.80}")
         sample.subtitle = row["subtitle"]
     if "question" in row or "answer" in row:
-        questions = _as_text_list(row.get("question"), f"{where}.question")
-        answers = _as_text_list(row.get("answer"), f"{where}.answer")
-        if len(questions) != len(answers):
-            raise DataError(f"{where}: {len(questions)} questions but {len(answers)} answers")
-        sample.questions, sample.answers = questions, answers
+        _read_qa(sample, row, where)
     return sample
+
+
+def _most_frequent(answers: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    return max(counts, key=counts.get)  # ties: the first given, as dicts keep order
+
+
+def _read_qa(sample: Sample, row: dict, where: str) -> None:
+    one_question = isinstance(row.get("question"), str)
+    questions = _as_text_list(row.get("question"), f"{where}.question")
+    answers = [row.get("answer")] if one_question else row.get("answer")
+    if not isinstance(answers, list):
+        raise DataError(f"{where}.answer: expected a list of answers for the list of questions, got {answers!r:.80}")
+    if len(questions) != len(answers):
+        raise DataError(f"{where}: {len(questions)} questions but {len(answers)} answers")
+    references = [_as_text_list(a, f"{where}.answer") for a in answers]
+    if any(not refs for refs in references):
+        raise DataError(f"{where}.answer: an empty answer list; give at least one answer")
+    sample.questions = questions
+    sample.answers = [_most_frequent(refs) for refs in references]
+    if any(len(refs) > 1 for refs in references):
+        sample.answer_refs = references
+    if "question_id" in row:
+        ids = [row["question_id"]] if one_question else row["question_id"]
+        if not isinstance(ids, list) or len(ids) != len(questions):
+            raise DataError(f"{where}.question_id: expected one id per question, got {row['question_id']!r:.80}")
+        sample.question_ids = [str(i) for i in ids]
 
 
 def load_annotations(path: str | Path) -> list[Sample]:
@@ -105,6 +132,9 @@ class AnnotationDataset(Dataset):
 
     def _check_text_fields(self) -> None:
         for i, sample in enumerate(self.samples):
+            if self.entry.make_submission and sample.questions and not sample.question_ids:
+                raise DataError(f"{self.entry.where}: {self.entry.txt} row {i} ({sample.id}): make_submission "
+                                "needs each row's 'question_id' (the ids the submission is scored by)")
             problem = sample_problem(sample, self.task, self.training)
             if problem:
                 raise DataError(f"{self.entry.where}: {self.entry.txt} row {i} ({sample.id}): {problem}")

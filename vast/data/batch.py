@@ -31,7 +31,15 @@ class Sample:
     omni_captions: list[str] = field(default_factory=list)
     subtitle: str | None = None
     questions: list[str] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)  # the answer trained on, one per question
+    answer_refs: list[list[str]] = field(default_factory=list)  # every reference answer (VQAv2: 10 people's)
+    question_ids: list[str] = field(default_factory=list)  # the release's ids, when the rows give them
+
+    def question_id(self, k: int) -> str:
+        return self.question_ids[k] if self.question_ids else f"{self.id}#{k}"
+
+    def references(self, k: int) -> list[str]:
+        return self.answer_refs[k] if self.answer_refs else [self.answers[k]]
 
 
 def caption_source(sample: Sample, modalities: tuple[Modality, ...]) -> str:
@@ -120,6 +128,7 @@ class Batch:
     subtitles: list[str] | None = None
     questions: list[str] | None = None
     answers: list[str] | None = None
+    answer_refs: list[list[str]] | None = None
     question_ids: list[str] | None = None
     question_video_index: list[int] | None = None  # which clip of the batch each question is about
     vision: torch.Tensor | None = None  # [B, F, 3, H, W]: uint8 from a loader, float32 after `to`
@@ -192,10 +201,11 @@ def _layout_qa(batch: Batch, items: list[Item], training: bool) -> None:
         picks = [int(item.choice * len(s.questions)) for s, item in zip(samples, items)]
         batch.questions = [s.questions[k] for s, k in zip(samples, picks)]
         batch.answers = [s.answers[k] for s, k in zip(samples, picks)]
-        batch.question_ids = [f"{s.id}#{k}" for s, k in zip(samples, picks)]
+        batch.question_ids = [s.question_id(k) for s, k in zip(samples, picks)]
         batch.question_video_index = list(range(len(samples)))
     else:
         batch.questions = [q for s in samples for q in s.questions]
         batch.answers = [a for s in samples for a in s.answers]
-        batch.question_ids = [f"{s.id}#{k}" for s in samples for k in range(len(s.questions))]
+        batch.answer_refs = [s.references(k) for s in samples for k in range(len(s.questions))]
+        batch.question_ids = [s.question_id(k) for s in samples for k in range(len(s.questions))]
         batch.question_video_index = [i for i, s in enumerate(samples) for _ in s.questions]

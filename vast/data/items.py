@@ -37,14 +37,14 @@ class MediaSpecs:
 
 
 def media_specs(entry, model_cfg) -> MediaSpecs:
-    mean, std = media.vision_normalisation(model_cfg.get("vision_encoder_type", ""))
+    mean, std = media.vision_normalisation(model_cfg["vision_encoder_type"])
     modalities = entry.task.modalities
     return MediaSpecs(
         vision=media.VisionSpec(format=entry.vision_format, sample_num=entry.vision_sample_num,
-                                resolution=int(model_cfg.get("vision_resolution", 224)),
+                                resolution=int(model_cfg["vision_resolution"]),
                                 transforms=entry.vision_transforms, mean=mean, std=std),
-        audio=media.AudioSpec(sample_num=entry.audio_sample_num, melbins=int(model_cfg.get("audio_melbins", 64)),
-                              target_length=int(model_cfg.get("audio_target_length", 1024))),
+        audio=media.AudioSpec(sample_num=entry.audio_sample_num, melbins=int(model_cfg["audio_melbins"]),
+                              target_length=int(model_cfg["audio_target_length"])),
         needs_vision=Modality.VISION in modalities, needs_audio=Modality.AUDIO in modalities,
         audio_missing=entry.audio_missing)
 

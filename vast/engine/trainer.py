@@ -20,11 +20,12 @@ from vast.data.loader import build_loader
 from vast.distributed import DistInfo, barrier
 from vast.engine import deepspeed_backend
 from vast.engine.monitor import TrainingMonitor
-from vast.engine.optim import create_optimizer, create_scheduler
+from vast.engine.optim import OptimConfig, create_optimizer, create_scheduler
 from vast.engine.state import Checkpointer, TrainState, rng_state, set_rng_state
 from vast.errors import VastError
 from vast.evaluation.captioning import evaluate_captioning
 from vast.evaluation.qa import evaluate_qa
+from vast.evaluation.qa import submission as qa_submission
 from vast.evaluation.retrieval import evaluate_retrieval
 from vast.models.build import build_model
 from vast.objectives import LossConfig, VastTask
@@ -109,6 +110,8 @@ class Trainer:
                 with autocast_context(self.run_cfg, self.dist.device):
                     results = evaluate(self.model, loader, entry, self.config.model_cfg, predictions)
                 self._write_predictions(entry.name, task_type, step, predictions)
+                if task_type is TaskType.QA and entry.make_submission:
+                    self._write_submission(entry.name, step, predictions)
                 for group, metrics in results.items():
                     records.append({"step": step, "dataset": entry.name, "task": entry.task.text,
                                     "type": task_type.value, "group": group, "metrics": metrics})
@@ -129,6 +132,15 @@ class Trainer:
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(predictions, handle, indent=1, ensure_ascii=False)
         logger.info("predictions written to %s", path)
+
+    def _write_submission(self, dataset: str, step: int, predictions: dict) -> None:
+        """`make_submission`: the answers of each group in the VQAv2 evaluation server's format."""
+        if not self.dist.is_main:
+            return
+        for group, records in predictions.items():
+            path = self.output_dir / "log" / f"submission_{dataset}_{group}_step{step}.json"
+            path.write_text(json.dumps(qa_submission(records)) + "\n", encoding="utf-8")
+            logger.info("submission written to %s (%d answers)", path, len(records))
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -166,8 +178,9 @@ class Trainer:
     def _training_state(self, loaders, total: int) -> tuple[TrainState, torch.nn.Module]:
         """The state to train (and checkpoint) and the module a step calls: the task itself, under
         DDP, or under a DeepSpeed engine."""
-        optimizer = create_optimizer(self.model, self.run_cfg)
-        scheduler = create_scheduler(optimizer, total, self.run_cfg)
+        optim_config = OptimConfig.from_run_cfg(self.run_cfg)
+        optimizer = create_optimizer(self.model, optim_config)
+        scheduler = create_scheduler(optimizer, total, optim_config)
         scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.dist.device.type == "cuda"
                                       and self.run_cfg.fp16 and not self.run_cfg.bf16)
         zero = deepspeed_backend.zero_settings(self.run_cfg.deepspeed)
@@ -181,7 +194,7 @@ class Trainer:
     def train(self) -> list[dict]:
         loaders, steps_per_dataset = self._train_loaders()
         total = int(self.run_cfg.num_train_steps) or sum(steps_per_dataset)
-        schedule = dataset_schedule(steps_per_dataset, total, int(self.run_cfg.seed))
+        schedule = dataset_schedule(steps_per_dataset, total, int(self.run_cfg.seed), self.run_cfg.dataset_mix_type)
         state, task = self._training_state(loaders, total)
         eval_every = max(1, total // max(1, int(self.run_cfg.valid_freq)))
         ckpt_every = int(self.run_cfg.ckpt_steps) or eval_every
@@ -292,11 +305,20 @@ class Trainer:
                             "learning_rate, or use bf16 instead of fp16")
 
 
-def dataset_schedule(steps_per_dataset: list[int], total: int, seed: int) -> list[int]:
-    """Which corpus each step draws from: each corpus's step budget, shuffled with the run's seed
-    (the same order on every rank, which must run the same groups each step), repeated to `total`."""
-    order = [i for i, n in enumerate(steps_per_dataset) for _ in range(n)]
-    random.Random(seed).shuffle(order)
+def dataset_schedule(steps_per_dataset: list[int], total: int, seed: int, mix: str = "random") -> list[int]:
+    """Which corpus each step draws from, the same on every rank (which must run the same groups each
+    step): each corpus's step budget, shuffled with the run's seed (`random`) or taken in turn in
+    config order, a corpus dropping out when its budget is spent (`round_robin`); repeated to `total`."""
+    if mix == "round_robin":
+        left, order = list(steps_per_dataset), []
+        while any(left):
+            for i, n in enumerate(left):
+                if n:
+                    order.append(i)
+                    left[i] -= 1
+    else:
+        order = [i for i, n in enumerate(steps_per_dataset) for _ in range(n)]
+        random.Random(seed).shuffle(order)
     return (order * math.ceil(total / len(order)))[:total]
 
 

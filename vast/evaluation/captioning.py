@@ -22,25 +22,12 @@ import torch
 from vast.config import read_json, resolve_path
 from vast.distributed import all_gather_objects, barrier, rank_and_world
 from vast.errors import DataError
-from vast.models.generation import GenerationConfig
+from vast.models.generation import caption_generation_config
 from vast.tasks import TaskType
 
 logger = logging.getLogger(__name__)
 
 SPICE_LIB = "stanford-corenlp-3.6.0"
-
-
-def caption_generation_config(model_cfg) -> GenerationConfig:
-    """Beam search with `beam_size` (greedy when 1); captioner mode samples `generate_nums` captions."""
-    common = {"max_len": int(model_cfg.get("max_caption_len", 40)),
-              "use_cache": bool(model_cfg.get("generation_cache", True))}
-    if model_cfg.get("captioner_mode"):
-        return GenerationConfig(strategy="sample", num_samples=int(model_cfg.get("generate_nums", 1)),
-                                top_k=int(model_cfg.get("sample_top_k", 5)),
-                                temperature=float(model_cfg.get("sample_temperature", 1.0)), **common)
-    beam = int(model_cfg.get("beam_size", 1))
-    return GenerationConfig(strategy="beam" if beam > 1 else "greedy", beam_size=beam,
-                            length_penalty=float(model_cfg.get("length_penalty", 0.6)), **common)
 
 
 def load_coco_references(path: str | Path) -> dict[str, list[str]]:

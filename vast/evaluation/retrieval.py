@@ -1,5 +1,7 @@
 """Retrieval evaluation: rank by contrastive similarity, rerank the top candidates with the matching head.
 
+`top_k`, `candidate_pairs` and `rerank` are the ranking rules; `vast search` uses the same ones.
+
 Memory stays bounded: the first pass keeps only pooled features (and caption tokens); a second pass
 over the clips re-encodes one batch at a time and builds fusion memories only for the clips that
 some query has among its top `itm_rerank_num` candidates.
@@ -82,13 +84,27 @@ def _gather(clip_ids, cond, texts, groups):
     return all_ids, merged
 
 
-def _candidate_pairs(similarity: torch.Tensor, k: int, both_directions: bool) -> set[tuple[int, int]]:
-    t2v = similarity.topk(min(k, similarity.shape[1]), dim=1).indices
-    pairs = {(t, int(v)) for t, row in enumerate(t2v.tolist()) for v in row}
+def top_k(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [T, min(k, V)] of each row's k highest contrastive scores, best first (exact)."""
+    return similarity.topk(min(k, similarity.shape[1]), dim=1).indices
+
+
+def candidate_pairs(similarity: torch.Tensor, k: int, both_directions: bool = False) -> set[tuple[int, int]]:
+    """(text, clip) pairs the matching head scores: each text's top k clips (and each clip's top k
+    texts when both directions are evaluated)."""
+    pairs = {(t, int(v)) for t, row in enumerate(top_k(similarity, k).tolist()) for v in row}
     if both_directions:
-        v2t = similarity.t().topk(min(k, similarity.shape[0]), dim=1).indices
-        pairs |= {(int(t), v) for v, row in enumerate(v2t.tolist()) for t in row}
+        pairs |= {(int(t), v) for v, row in enumerate(top_k(similarity.t(), k).tolist()) for t in row}
     return pairs
+
+
+def rerank(similarity: torch.Tensor, match_scores) -> torch.Tensor:
+    """Scores after matching-head reranking: the scored candidates ([0, 1] probabilities) rank above
+    everything else, which keeps its contrastive order below them. `match_scores`: (t, v, p) triples."""
+    reranked = similarity - 100.0
+    for t, v, score in match_scores:
+        reranked[t, v] = score
+    return reranked
 
 
 def _matching_pass(model, loader, groups, data, clip_index, pairs_by_group):
@@ -123,8 +139,8 @@ def evaluate_retrieval(model, loader, entry, model_cfg, predictions: dict | None
     """Metrics per group: text->clip (and clip->text when `ret_bidirection_evaluation`) for the
     contrastive scores (`itc`) and after matching-head reranking of the top candidates (`itm`)."""
     groups = entry.task.groups(TaskType.RETRIEVAL)
-    both = bool(model_cfg.get("ret_bidirection_evaluation"))
-    k = int(model_cfg.get("itm_rerank_num", 50))
+    both = bool(model_cfg["ret_bidirection_evaluation"])
+    k = int(model_cfg["itm_rerank_num"])
     clip_ids, all_data = _gather(*_encode_pass(model, loader, groups), groups)
     clip_index = {clip: i for i, clip in enumerate(clip_ids)}
     results, pairs_by_group, similarity = {}, {}, {}
@@ -133,7 +149,7 @@ def evaluate_retrieval(model, loader, entry, model_cfg, predictions: dict | None
         similarity[group.name] = d["text"] @ d["cond"].t()  # [T, V]
         pairs_by_group[group.name] = {}
         if k > 0:
-            for t, v in _candidate_pairs(similarity[group.name], k, both):
+            for t, v in candidate_pairs(similarity[group.name], k, both):
                 pairs_by_group[group.name].setdefault(v, []).append(t)
     itm_scores = _matching_pass(model, loader, groups, all_data, clip_index, pairs_by_group) if k > 0 else {}
     gathered_itm = all_gather_objects(itm_scores)
@@ -145,12 +161,7 @@ def evaluate_retrieval(model, loader, entry, model_cfg, predictions: dict | None
         if both:
             metrics["v2t_itc"] = recall_metrics(clip_to_text_ranks(sim, target))
         if k > 0:
-            # candidates (scored by the matching head, in [0, 1]) rank above everything else, which
-            # keeps its contrastive order below them
-            reranked = sim - 100.0
-            for part in gathered_itm:
-                for t, v, score in part.get(group.name, []):
-                    reranked[t, v] = score
+            reranked = rerank(sim, (triple for part in gathered_itm for triple in part.get(group.name, [])))
             metrics["t2v_itm"] = recall_metrics(text_to_clip_ranks(reranked, target))
             if both:
                 metrics["v2t_itm"] = recall_metrics(clip_to_text_ranks(reranked, target))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from vast.config import DEFAULTS_DIR, _suggest, coerce, read_json, resolve_path
+from vast.config import DEFAULTS_DIR, coerce, read_json, resolve_path, suggest
 from vast.errors import ConfigError
 from vast.labeling.asr import AsrConfig
 from vast.labeling.captioners import CaptionerConfig
@@ -123,5 +123,5 @@ def load_label_config(overrides: dict | None = None, path=None) -> LabelConfig:
 
 def _known(key: str, defaults: dict, where: str) -> str:
     if key not in defaults:
-        raise ConfigError(f"{where}: unknown labeling setting {key!r}{_suggest(key, defaults)}")
+        raise ConfigError(f"{where}: unknown labeling setting {key!r}{suggest(key, defaults)}")
     return key

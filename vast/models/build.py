@@ -19,17 +19,17 @@ def load_pretrained_towers(model: VAST, model_cfg) -> None:
     from vast.models.text import load_bert, minilm_path
     from vast.models.vision import load_evaclip_vision
 
-    vision_weights = model_cfg.get("vision_encoder_weights")
+    vision_weights = model.towers["vision"].weights
     if vision_weights:
         tower = load_evaclip_vision(resolve_path(vision_weights), model.vision_encoder_config,
                                     image_size=int(model_cfg["vision_resolution"]))
         model.vision_encoder.load_state_dict(tower.state_dict())
         logger.info("vision tower weights: %s", vision_weights)
-    audio_weights = model_cfg.get("audio_encoder_weights")
+    audio_weights = model.towers["audio"].weights
     if audio_weights:
         model.audio_encoder.load_state_dict(load_beats(resolve_path(audio_weights)).state_dict(), strict=False)
         logger.info("audio tower weights: %s", audio_weights)
-    text_weights = model_cfg.get("text_encoder_weights")
+    text_weights = model.towers["text"].weights
     if text_weights:
         path = minilm_path() if text_weights == "minilm_l6" else resolve_path(text_weights)
         bert = load_bert(path, add_cross_attention=False, with_lm_head=True)

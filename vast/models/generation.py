@@ -10,6 +10,7 @@ everything every step, as the original release did; both give the same tokens.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -201,3 +202,26 @@ def _beam_search(decoder: MaskSlotDecoder, config: GenerationConfig, sep_token_i
         decoder.select(torch.tensor(keep_rows, device=device))
         logits = decoder.next_logits(torch.tensor(keep_tokens, device=device))
     return [[max(finished[b], key=lambda item: item[0])[1] if finished[b] else []] for b in range(batch)]
+
+
+def caption_generation_config(model_cfg: Mapping) -> GenerationConfig:
+    """How captions are generated, for evaluation and inference alike: beam search with `beam_size`
+    (greedy when 1); captioner mode samples `generate_nums` captions per clip."""
+    common = {"max_len": int(model_cfg["max_caption_len"]), "use_cache": bool(model_cfg["generation_cache"])}
+    if model_cfg["captioner_mode"]:
+        return GenerationConfig(strategy="sample", num_samples=int(model_cfg["generate_nums"]),
+                                top_k=int(model_cfg["sample_top_k"]),
+                                temperature=float(model_cfg["sample_temperature"]), **common)
+    beam = int(model_cfg["beam_size"])
+    return GenerationConfig(strategy="beam" if beam > 1 else "greedy", beam_size=beam,
+                            length_penalty=float(model_cfg["length_penalty"]), **common)
+
+
+def answer_generation_config(model_cfg: Mapping) -> GenerationConfig:
+    """How QA answers are generated: beam search with `beam_size_qa` (greedy when 1), at most
+    `max_answer_len` tokens and the closing [SEP]."""
+    beam = int(model_cfg["beam_size_qa"])
+    return GenerationConfig(strategy="beam" if beam > 1 else "greedy", beam_size=beam,
+                            max_len=int(model_cfg["max_answer_len"]) + 1,
+                            length_penalty=float(model_cfg["length_penalty"]),
+                            use_cache=bool(model_cfg["generation_cache"]))

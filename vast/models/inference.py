@@ -7,14 +7,23 @@ runs without gradients and returns CPU-friendly results (tensors on the model's 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
 
-from vast.models.generation import GenerationConfig
+from vast.models.generation import GenerationConfig, answer_generation_config, caption_generation_config
 from vast.tasks import ModalityGroup
 
 MATCH_CHUNK = 256  # (text, clip) pairs scored per forward pass
+
+
+def _with_overrides(config: GenerationConfig, beam_size: int | None, max_len: int | None) -> GenerationConfig:
+    if beam_size is not None:
+        config = dataclasses.replace(config, strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size)
+    if max_len is not None:
+        config = dataclasses.replace(config, max_len=max_len)
+    return config
 
 
 def _group(group: str | ModalityGroup) -> ModalityGroup:
@@ -32,7 +41,7 @@ class InferenceMixin:
         cfg = self.model_cfg
         vision = audio = None
         if vision_paths:
-            mean, std = media.vision_normalisation(cfg.get("vision_encoder_type", ""))
+            mean, std = media.vision_normalisation(cfg["vision_encoder_type"])
             spec = media.VisionSpec(format=vision_format, sample_num=vision_sample_num,
                                     resolution=int(cfg["vision_resolution"]), mean=mean, std=std)
             vision = torch.stack([media.load_vision(p, spec, False, rng) for p in vision_paths])
@@ -75,24 +84,23 @@ class InferenceMixin:
         return torch.cat(scores).reshape(n, b)
 
     @torch.no_grad()
-    def caption(self, group, vision=None, audio=None, subtitles=None, beam_size: int = 1,
+    def caption(self, group, vision=None, audio=None, subtitles=None, beam_size: int | None = None,
                 max_len: int | None = None) -> list[str]:
-        """One caption per clip: greedy (beam_size 1) or beam search, at most `max_len` tokens
-        ([SEP] included; default the model's max_caption_len, as its evaluation generates)."""
+        """One caption per clip, generated as the model's evaluation generates them (`beam_size`,
+        `max_caption_len`, `length_penalty` of its config; sampled in captioner mode); `beam_size`
+        (1 = greedy) and `max_len` ([SEP] included) override them."""
         group = _group(group)
-        config = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
-                                  max_len=max_len or self.max_caption_len,
-                                  length_penalty=float(self.model_cfg.get("length_penalty", 0.6)))
+        config = _with_overrides(caption_generation_config(self.model_cfg), beam_size, max_len)
         texts = self.generate_text(self._media(group, vision, audio, subtitles), group, config)
         return [t[0] for t in texts]
 
     @torch.no_grad()
     def answer(self, questions: list[str], group, vision=None, audio=None, subtitles=None,
-               beam_size: int = 1, max_len: int | None = None) -> list[str]:
-        """One answer per question; question i is about clip i (give the clip once per question)."""
+               beam_size: int | None = None, max_len: int | None = None) -> list[str]:
+        """One answer per question, decoded as the model's evaluation decodes them (`beam_size_qa`,
+        `max_answer_len`); question i is about clip i (give the clip once per question)."""
         group = _group(group)
         media = self._media(group, vision, audio, subtitles)
-        config = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
-                                  max_len=max_len or self.max_answer_len + 1)
+        config = _with_overrides(answer_generation_config(self.model_cfg), beam_size, max_len)
         index = torch.arange(len(questions), device=self.device)
         return [t[0] for t in self.generate_text(media, group, config, questions=list(questions), video_index=index)]

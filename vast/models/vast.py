@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vast.config import resolve_path
+from vast.config import complete_model_cfg
 from vast.errors import ConfigError
 from vast.models.audio import create_audio_encoder
 from vast.models.generation import GenerationConfig, MaskSlotDecoder, generate
 from vast.models.heads import ContrastiveHead, MatchHead
 from vast.models.inference import InferenceMixin
 from vast.models.text import create_text_encoder, load_tokenizer
+from vast.models.towers import tokenizer_source, tower_configs
 from vast.models.vision import create_vision_encoder
 from vast.tasks import MODALITY_ORDER, Modality, ModalityGroup
 
@@ -62,27 +63,20 @@ class MediaTokens:
                               for f in fields(self)})
 
 
-def _resolve_encoder(model_cfg: Mapping, kind: str, type_key: str):
-    """An explicit `<kind>_encoder_config` (JSON / checkpoint / folder) wins over the named type."""
-    explicit = model_cfg.get(f"{kind}_encoder_config")
-    if explicit:
-        return str(resolve_path(explicit))
-    return model_cfg[type_key]
-
-
 class VAST(InferenceMixin, nn.Module):
     """Vision-Audio-Subtitle-Text model with contrastive, matching and generation heads
     (inference API: `embed_text`, `embed`, `match`, `caption`, `answer`; see vast.models.inference)."""
 
     def __init__(self, model_cfg: Mapping):
         super().__init__()
-        cfg = dict(model_cfg)
+        cfg = complete_model_cfg(model_cfg)
         self.model_cfg = cfg
-        self.vision_encoder_config = _resolve_encoder(cfg, "vision", "vision_encoder_type")
-        self.vision_encoder = create_vision_encoder(self.vision_encoder_config, image_size=int(cfg["vision_resolution"]))
-        self.audio_encoder = create_audio_encoder(_resolve_encoder(cfg, "audio", "audio_encoder_type"))
-        self.multimodal_encoder = create_text_encoder(
-            _resolve_encoder(cfg, "text", "multimodal_encoder_type"), add_cross_attention=True, with_lm_head=True)
+        towers = tower_configs(cfg)
+        self.towers = towers
+        self.vision_encoder_config = towers["vision"].encoder
+        self.vision_encoder = create_vision_encoder(towers["vision"].encoder, image_size=int(cfg["vision_resolution"]))
+        self.audio_encoder = create_audio_encoder(towers["audio"].encoder)
+        self.multimodal_encoder = create_text_encoder(towers["text"].encoder, add_cross_attention=True, with_lm_head=True)
         hidden = self.multimodal_encoder.bert.config.hidden_size
         self.hidden_size = hidden
         widths = {Modality.VISION: self.vision_encoder.width, Modality.AUDIO: self.audio_encoder.width,
@@ -93,13 +87,13 @@ class VAST(InferenceMixin, nn.Module):
         self.contra_head_t = ContrastiveHead(hidden, contra_dim)
         for modality in MODALITY_ORDER:
             setattr(self, f"contra_head_{modality.value}", ContrastiveHead(widths[modality], contra_dim))
-        for letters in cfg.get("omni_contra_groups", ["va", "vs", "vas"]):
+        for letters in cfg["omni_contra_groups"]:
             group = ModalityGroup.parse("t" + letters)
             setattr(self, f"contra_head_{letters}", nn.Linear(sum(widths[m] for m in group.modalities), contra_dim))
         self.contra_temp = nn.Parameter(torch.tensor(0.07))
         self.itm_head = MatchHead(hidden)
-        self.vision_frame_embedding = nn.Parameter(0.02 * torch.randn(1, int(cfg.get("max_vision_sample_num", 1)), hidden))
-        self.audio_frame_embedding = nn.Parameter(0.02 * torch.randn(1, int(cfg.get("max_audio_sample_num", 1)), hidden))
+        self.vision_frame_embedding = nn.Parameter(0.02 * torch.randn(1, int(cfg["max_vision_sample_num"]), hidden))
+        self.audio_frame_embedding = nn.Parameter(0.02 * torch.randn(1, int(cfg["max_audio_sample_num"]), hidden))
         for modality, name in MODALITY_NAMES.items():
             setattr(self, f"hidden_trans_{name}_multimodal",
                     nn.Sequential(nn.Linear(widths[modality], hidden), nn.LayerNorm(hidden, eps=1e-12)))
@@ -107,18 +101,17 @@ class VAST(InferenceMixin, nn.Module):
 
         self.max_caption_len = int(cfg["max_caption_len"])
         self.max_subtitle_len = int(cfg["max_subtitle_len"])
-        self.max_omni_caption_len = int(cfg.get("max_omni_caption_len", self.max_caption_len))
-        self.max_question_len = int(cfg.get("max_question_len", 30))
-        self.max_answer_len = int(cfg.get("max_answer_len", 10))
-        self.mask_subtitle_padding = bool(cfg.get("mask_subtitle_padding", False))
+        self.max_omni_caption_len = int(cfg["max_omni_caption_len"])
+        self.max_question_len = int(cfg["max_question_len"])
+        self.max_answer_len = int(cfg["max_answer_len"])
+        self.mask_subtitle_padding = bool(cfg["mask_subtitle_padding"])
         # as the original: the vision frame embedding is added only for "adaptive" (audio clips always)
-        self.vision_frame_embedding_on = cfg.get("frame_embedding_type", "adaptive") == "adaptive"
-        self.tokenizer = load_tokenizer(cfg.get("text_encoder_weights") or cfg["multimodal_encoder_type"])
-        if cfg.get("checkpointing"):
+        self.vision_frame_embedding_on = cfg["frame_embedding_type"] == "adaptive"
+        self.tokenizer = load_tokenizer(tokenizer_source(cfg))
+        if towers["text"].checkpointing:
             for module in (self.vision_encoder, self.audio_encoder, self.multimodal_encoder.bert):
                 module.set_grad_checkpointing(True)
-        self._frozen = {m for m, key in ((Modality.VISION, "frozen_vision"), (Modality.AUDIO, "frozen_audio"))
-                        if cfg.get(key)}
+        self._frozen = {m for m, name in ((Modality.VISION, "vision"), (Modality.AUDIO, "audio")) if towers[name].frozen}
         for modality in self._frozen:
             self.encoder_for(modality).requires_grad_(False)
 
