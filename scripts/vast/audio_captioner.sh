@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Caption your sounds with the VAST audio captioner (3 sampled captions per clip, 3 audio clips):
+#   bash scripts/vast/audio_captioner.sh [--pretrain_dir output/vast/audio_captioner] [--key value ...]
+# Reads datasets/annotations/yourdata/meta.json ([{"video_id": ...}]) and datasets/srcdata/yourdata/audios;
+# writes output/vast/audio_captioner/generation/log/captions_*.json. Settings:
+# config/vast/captioner_cfg/caption-generation-audio.json. To label a whole corpus use label_corpus.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+config=config/vast/captioner_cfg/caption-generation-audio.json
+pretrain_dir=output/vast/audio_captioner
+if [ "${1:-}" = "--pretrain_dir" ]; then pretrain_dir="$2"; shift 2; fi
+"$PY" -m vast.preflight --config "$config" --pretrain_dir "$pretrain_dir" "$@" || exit 2
+exec bash scripts/vast/train.sh --config "$config" --pretrain_dir "$pretrain_dir" \
+    --output_dir "$pretrain_dir/generation" "$@"
