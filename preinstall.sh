@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what vast needs: Debian packages (ffmpeg, espeak-ng, sox, a Java runtime for caption
-# metrics) when missing, and the pinned Python stack into ./.venv, or into the active
+# metrics, chromium for the browser test) when missing, and the pinned Python stack into ./.venv, or into the active
 # virtualenv/conda environment when one is active. Idempotent: a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +11,7 @@ command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
 command -v java >/dev/null || missing+=(default-jre-headless)
+command -v chromium >/dev/null || missing+=(chromium)  # the search page's browser test (Playwright drives it)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "preinstall: installing Debian packages: ${missing[*]}"
     sudo_cmd=()

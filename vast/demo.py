@@ -234,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncaptioning and open-ended QA on the demo test split (x100), next to trivial baselines:")
         for line in generation_table(results["caption-demo"], results["qa-demo"], caption_base, qa_base):
             print("  " + line)
+        out = Path(args.output_dir)
+        print("\nbrowse the demo clips with the fine-tuned retrieval model (in the project's environment, e.g. after "
+              "source .venv/bin/activate; then open http://127.0.0.1:8000/):")
+        print(f"  vast embed {Path(args.data_dir) / 'videos'} --model {out / 'retrieval-demo'} "
+              f"--out {out / 'search-index'} && vast serve {out / 'search-index'}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
 
