@@ -20,6 +20,7 @@ from vast.errors import DataError, VastError
 logger = logging.getLogger("vast")
 
 USER_ERROR_EXIT = 2
+RANK_EXIT_DELAY_S = 2.0  # a bad command line under torchrun: see main()
 
 
 def describe_batch(batch) -> dict[str, str]:
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except VastError as error:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr)
+        else:
+            # every rank finds the same mistake; the first to exit makes torchrun stop the others, so
+            # the other ranks leave rank 0 the moment it needs to print the one line
+            time.sleep(RANK_EXIT_DELAY_S)
         return USER_ERROR_EXIT
 
     dist_info = distributed.init_distributed()
