@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import random
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vast.data import media
-from vast.data.sources import VIDEO_EXTENSIONS, probe_duration
+from vast.data.sources import VIDEO_EXTENSIONS, open_container
 from vast.errors import DataError, MediaError
 from vast.search.index import ClipRecord, SearchIndex
 from vast.tasks import Modality, ModalityGroup
@@ -100,10 +100,12 @@ def default_groups(model, with_subtitles: bool) -> list[str]:
 
 
 class _ClipDecoder(Dataset):
-    """Decodes one clip per item in a worker: (id, frames or None, fbank or None, error)."""
+    """Decodes one clip per item in a worker, and writes its thumbnail into `thumbs` (when given):
+    (id, frames or None, fbank or None, error, thumbnail written)."""
 
-    def __init__(self, items: list[tuple[str, Path]], vision: media.VisionSpec | None, audio: media.AudioSpec | None):
-        self.items, self.vision, self.audio = items, vision, audio
+    def __init__(self, items: list[tuple[str, Path]], vision: media.VisionSpec | None, audio: media.AudioSpec | None,
+                 thumbs: Path | None = None):
+        self.items, self.vision, self.audio, self.thumbs = items, vision, audio, thumbs
 
     def __len__(self) -> int:
         return len(self.items)
@@ -114,31 +116,44 @@ class _ClipDecoder(Dataset):
         try:
             frames = media.load_vision(path, self.vision, False, rng) if self.vision else None
         except (MediaError, DataError) as error:
-            return clip_id, None, None, str(error)
+            return clip_id, None, None, str(error), False
+        thumbnail = self.thumbs is not None and make_thumbnail(path, self.thumbs / f"{clip_id}.jpg")
         sound = None
         if self.audio:
             try:
                 sound = media.load_audio(path, self.audio, False, rng)
             except (MediaError, DataError) as error:
-                return clip_id, frames, None, f"no audio: {error}"
-        return clip_id, frames, sound, ""
+                return clip_id, frames, None, f"no audio: {error}", thumbnail
+        return clip_id, frames, sound, "", thumbnail
 
 
 def _collate(items):
     return items
 
 
-def _thumbnail(path: Path, target: Path) -> str:
-    """A frame from the middle of the clip, THUMBNAIL_WIDTH wide; "" when ffmpeg cannot make one."""
+def make_thumbnail(path: Path, target: Path) -> bool:
+    """Writes the first frame at or after the middle of the clip as a JPEG THUMBNAIL_WIDTH wide, with
+    PyAV in this process (a seek and a frame or two: several times cheaper than an ffmpeg process, see
+    bench/search.py). False when the file gives no frame."""
     try:
-        middle = max(0.0, probe_duration(path) / 2)
-    except Exception:  # noqa: BLE001 - a clip without a duration still gets its first frame
-        middle = 0.0
+        with open_container(path) as container:
+            stream = container.streams.video[0]
+            middle = (container.duration or 0) / av.time_base / 2
+            if middle > 0 and stream.time_base:
+                container.seek(int(middle / stream.time_base), stream=stream)  # the keyframe before
+            frame = None
+            for frame in container.decode(stream):
+                if frame.time is None or frame.time >= middle:
+                    break
+            if frame is None:
+                return False
+            image = frame.to_image()
+    except (av.FFmpegError, MediaError, IndexError):
+        return False
+    height = max(2, round(image.height * THUMBNAIL_WIDTH / image.width / 2) * 2)
     target.parent.mkdir(parents=True, exist_ok=True)
-    command = ["ffmpeg", "-loglevel", "error", "-y", "-ss", f"{middle:.3f}", "-i", str(path), "-frames:v", "1",
-               "-vf", f"scale={THUMBNAIL_WIDTH}:-2", str(target)]
-    done = subprocess.run(command, capture_output=True).returncode == 0 and target.is_file()
-    return str(target.relative_to(target.parent.parent)) if done else ""
+    image.resize((THUMBNAIL_WIDTH, height)).save(target, format="JPEG", quality=85)
+    return True
 
 
 def _subtitles_for(ids_paths: list[tuple[str, Path]], source: str) -> dict[str, str]:
@@ -214,7 +229,7 @@ def _embed(model, todo, groups, settings: EmbedSettings, index: SearchIndex, rep
     audio = media.AudioSpec(sample_num=settings.audio_clips, melbins=int(cfg["audio_melbins"]),
                             target_length=int(cfg["audio_target_length"])) if Modality.AUDIO in needs else None
     subtitles = _subtitles_for(todo, settings.subtitles)
-    loader = DataLoader(_ClipDecoder(todo, vision, audio), batch_size=settings.batch_size,
+    loader = DataLoader(_ClipDecoder(todo, vision, audio, index.folder / "thumbs"), batch_size=settings.batch_size,
                         num_workers=settings.workers, collate_fn=_collate)
     rows: dict[str, tuple[list[str], list[np.ndarray]]] = {g: ([], []) for g in groups}
     records = []
@@ -223,7 +238,7 @@ def _embed(model, todo, groups, settings: EmbedSettings, index: SearchIndex, rep
     with tqdm(total=len(todo), unit="clip", disable=not show, desc="embed") as bar:
         for batch in loader:
             good = [item for item in batch if not item[3] or item[3].startswith("no audio")]
-            for clip_id, _, _, error in batch:
+            for clip_id, _, _, error, _ in batch:
                 if error and not error.startswith("no audio"):
                     report.failed[clip_id] = error
                 elif error:
@@ -239,12 +254,11 @@ def _embed(model, todo, groups, settings: EmbedSettings, index: SearchIndex, rep
                 ids, arrays = rows[group.name]
                 ids += [item[0] for item in usable]
                 arrays.append(features.float().cpu().numpy())
-            for clip_id, *_ in good:
+            for clip_id, _, _, _, thumbnail in good:
                 path = paths[clip_id]
                 stat = path.stat()
-                thumb = _thumbnail(path, index.folder / "thumbs" / f"{clip_id}.jpg")
-                records.append(ClipRecord(clip_id, str(path), stat.st_size, stat.st_mtime,
-                                          subtitles.get(clip_id, ""), thumb))
+                records.append(ClipRecord(clip_id, str(path), stat.st_size, stat.st_mtime, subtitles.get(clip_id, ""),
+                                          f"thumbs/{clip_id}.jpg" if thumbnail else ""))
                 report.embedded.append(clip_id)
             bar.update(len(batch))
     features = {g: (ids, np.concatenate(arrays)) for g, (ids, arrays) in rows.items() if ids}
