@@ -41,9 +41,10 @@ def exact_top(matrix: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.
     return top, scores[top]
 
 
-def graph_top(graph, matrix: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def graph_top(graph, matrix: torch.Tensor, query: torch.Tensor, k: int,
+              ef_search: int = HNSW_EF_SEARCH) -> tuple[torch.Tensor, torch.Tensor]:
     """As exact_top, with the rows found by the HNSW graph (approximate), scored exactly and sorted."""
-    graph.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * k)
+    graph.hnsw.efSearch = max(ef_search, 2 * k)
     _, found = graph.search(query[None].numpy(), min(k, len(matrix)))
     rows = torch.as_tensor(found[0][found[0] >= 0])
     scores = matrix[rows] @ query
