@@ -1,10 +1,15 @@
 """`vast embed / search / caption / ask`: an index of the demo clips ranks as retrieval evaluation
 ranks, reruns are incremental, and every command speaks JSON and one-line errors."""
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -143,14 +148,9 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and "--rerank" in result.stdout
 
 
-def test_page_server_serves_only_indexed_files(index_dir, test_clips):
-    """The search page's API: ranked hits, range requests for the clips, 404 for anything the index
-    does not record (traversal included), limits on query length and body size."""
-    import threading
-    import time
-    import urllib.error
-    import urllib.request
-
+@contextlib.contextmanager
+def page_server(index_dir):
+    """(index, base URL) of `vast serve`'s app over the index, on a free port of 127.0.0.1, in a thread."""
     import uvicorn
 
     from vast.search.server import create_app, load_for_serving
@@ -161,18 +161,26 @@ def test_page_server_serves_only_indexed_files(index_dir, test_clips):
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-
-    def get(path, headers=None, data=None):
-        request = urllib.request.Request(base + path, headers=headers or {}, data=data)
-        try:
-            with urllib.request.urlopen(request) as response:
-                return response.status, response.read(), dict(response.headers)
-        except urllib.error.HTTPError as error:
-            return error.code, error.read(), dict(error.headers)
-
     try:
+        yield index, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_page_server_serves_only_indexed_files(index_dir):
+    """The search page's API: ranked hits, range requests for the clips, 404 for anything the index
+    does not record (traversal included), limits on query length and body size."""
+    with page_server(index_dir) as (index, base):
+
+        def get(path, headers=None, data=None):
+            request = urllib.request.Request(base + path, headers=headers or {}, data=data)
+            try:
+                with urllib.request.urlopen(request) as response:
+                    return response.status, response.read(), dict(response.headers)
+            except urllib.error.HTTPError as error:
+                return error.code, error.read(), dict(error.headers)
+
         status, body, _ = get("/")
         assert status == 200 and b"vast search" in body
         status, body, _ = get("/api/search?q=a%20red%20circle&group=tvas&k=3")
@@ -192,6 +200,3 @@ def test_page_server_serves_only_indexed_files(index_dir, test_clips):
         status, body, _ = get("/api/ask", {"Content-Type": "application/json"},
                               json.dumps({"id": hits[0]["id"], "group": "tvas", "question": "what is said"}).encode())
         assert status == 200 and isinstance(json.loads(body)["answer"], str)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
