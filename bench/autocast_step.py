@@ -21,7 +21,8 @@ import torch
 
 from vast.config import load_config
 from vast import distributed
-from vast.engine.trainer import Trainer, cpu_has_native_bf16
+from vast.engine.trainer import Trainer
+from vast.precision import cpu_has_native_bf16
 
 
 def step_time(task, batch, context) -> float:

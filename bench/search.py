@@ -225,7 +225,7 @@ def bench_rerank(args, data: Path, model_path: Path, scratch: Path) -> None:
                                                                                            "ret_test.json")),
                  progress=False)
     index = SearchIndex.open(out)
-    model = load_model(model_path)
+    model = load_model(model_path, precision=index.precision)
     queries = [row["desc"] if isinstance(row["desc"], str) else row["desc"][0] for row in rows][:args.rerank_queries]
     print(f"\n## rerank: tvas, {len(index.clips)} clips, {args.frames} frames, {len(queries)} queries, "
           f"model {model_path}")
@@ -268,7 +268,7 @@ def bench_check(args, data: Path, scratch: Path) -> None:
                                                  subtitles=str(data / "annotations" / "ret_test.json")),
                  progress=False)
     index = SearchIndex.open(out)
-    model = load_model(run)
+    model = load_model(run, precision=index.precision)
     rerank_k = int(model.model_cfg["itm_rerank_num"])
     queries = [(text, row["video_id"]) for row in rows for text in ([row["desc"]] if isinstance(row["desc"], str)
                                                                       else row["desc"])]
@@ -277,7 +277,8 @@ def bench_check(args, data: Path, scratch: Path) -> None:
         itc += search(model, index, text, k=1, group="tvas", rerank_k=0)[0].id == owner
         itm += search(model, index, text, k=1, group="tvas", rerank_k=rerank_k)[0].id == owner
     metrics = record["metrics"]
-    print(f"\n## check: {run}, tvas, {len(queries)} test captions over {len(index.clips)} clips, {frames} frames")
+    print(f"\n## check: {run}, tvas, {len(queries)} test captions over {len(index.clips)} clips, {frames} frames, "
+          f"precision {index.precision} ({model.run_precision})")
     print(f"  vast search --rerank 0:  R@1 {100 * itc / len(queries):.1f}   evaluation t2v_itc R@1 "
           f"{metrics['t2v_itc']['r1']}")
     print(f"  vast search --rerank {rerank_k}: R@1 {100 * itm / len(queries):.1f}   evaluation t2v_itm R@1 "

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -58,6 +59,29 @@ def test_load_model_errors_are_one_line(run_dir, tmp_path):
         vast.load_model(root, beam_sise=3)
     with pytest.raises(DataError, match="no ckpt/model_step"):
         vast.load_model(tmp_path)
+
+
+def test_run_precision_is_the_autocast_of_the_runs_evaluation(run_dir, clips, tmp_path, monkeypatch):
+    """precision="run": the run's bf16 setting gives bf16 autocast where the CPU has it natively, as
+    the run's evaluation had; float32 results either way; "fp32" (the default) ignores the run."""
+    from vast import precision
+
+    root, reference = run_dir
+    bf16_run = tmp_path / "bf16_run"
+    shutil.copytree(root, bf16_run)
+    hps = json.loads((bf16_run / "log" / "hps.json").read_text())
+    (bf16_run / "log" / "hps.json").write_text(json.dumps({**hps, "run_cfg": {"bf16": True, "fp16": False}}))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert vast.load_model(bf16_run).run_precision is None
+    model = vast.load_model(bf16_run, precision="run")
+    assert model.run_precision.bf16 and isinstance(model._autocast(), torch.autocast)
+    features = model.embed("tvas", **clips)
+    expected = reference.embed("tvas", **clips)
+    assert features.dtype == torch.float32 and not torch.equal(features, expected)  # computed in bf16
+    torch.testing.assert_close(features, expected, atol=0.05, rtol=0)
+    assert vast.load_model(root, precision="run").run_precision.bf16 is False  # run_cfg {}: the defaults
+    with pytest.raises(ConfigError, match="precision 'half'"):
+        vast.load_model(root, precision="half")
 
 
 def test_overrides_apply(run_dir):

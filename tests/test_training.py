@@ -86,20 +86,20 @@ def test_ddp_training_with_two_processes(demo_corpus, write_config, tmp_path):
 def test_cpu_autocast_is_bf16_only_where_native(monkeypatch):
     from types import SimpleNamespace
 
-    from vast.engine import trainer
+    from vast import precision
 
     cpu = torch.device("cpu")
     asked = SimpleNamespace(fp16=False, bf16=True)
-    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
-    context = trainer.autocast_context(asked, cpu)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    context = precision.autocast_context(asked, cpu)
     assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
     with context:
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     # a CPU without native bf16 would emulate it, slower than float32: run float32 there
-    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
-    assert not isinstance(trainer.autocast_context(asked, cpu), torch.autocast)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert not isinstance(precision.autocast_context(asked, cpu), torch.autocast)
     # fp16 is not offered on the CPU, and nothing asked means float32
-    assert not isinstance(trainer.autocast_context(SimpleNamespace(fp16=True, bf16=False), cpu), torch.autocast)
+    assert not isinstance(precision.autocast_context(SimpleNamespace(fp16=True, bf16=False), cpu), torch.autocast)
 
 
 def test_two_type_step_runs_each_tower_once(demo_corpus, write_config, tmp_path):

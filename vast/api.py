@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
-from vast.config import MODEL_KEYS, coerce, read_json, resolve_path, suggest
+from vast.config import MODEL_KEYS, RUN_KEYS, coerce, read_json, resolve_path, suggest
 from vast.errors import ConfigError, DataError
 from vast.models.checkpoints import latest_model_checkpoint, load_weights, read_checkpoint
 
@@ -65,13 +66,32 @@ def load_model_config(path, **overrides) -> tuple[dict, Path]:
     return cfg, checkpoint
 
 
-def load_model(path, **model_cfg_overrides):
+PRECISIONS = ("fp32", "run")
+
+
+def run_precision(path) -> SimpleNamespace:
+    """The fp16 / bf16 settings of the run that made a checkpoint (run_cfg of its log/hps.json; the
+    defaults when it has none)."""
+    _, hps_path = locate_run(resolve_path(path))
+    saved = {}
+    if hps_path.is_file():
+        hps = read_json(hps_path, "hps.json")
+        saved = hps.get("run_cfg", {}) if isinstance(hps, dict) else {}
+    return SimpleNamespace(**{key: coerce(saved.get(key, RUN_KEYS[key].default), bool, f"{hps_path}: run_cfg.{key}")
+                              for key in ("fp16", "bf16")})
+
+
+def load_model(path, precision: str = "fp32", **model_cfg_overrides):
     """The VAST model of a run folder (log/hps.json + newest ckpt/model_step_<N>.pt) or of one
     checkpoint file, in eval mode. Encoder architectures come from the config (named types or
     `*_encoder_config` files) and every weight from the checkpoint: tower release files are not read.
-    Frame / clip embedding tables take the checkpoint's sizes unless overridden."""
+    Frame / clip embedding tables take the checkpoint's sizes unless overridden. `precision`: "fp32",
+    or "run": the autocast the run's own evaluation used on this device (its fp16 / bf16 settings;
+    bf16 on a CPU only where the CPU has it natively), so scores equal the run's evaluation."""
     from vast.models.vast import VAST
 
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}': use one of {', '.join(PRECISIONS)}")
     cfg, checkpoint = load_model_config(path, **model_cfg_overrides)
     state = read_checkpoint(checkpoint)
     for key, table in DERIVED_KEYS.items():
@@ -80,4 +100,6 @@ def load_model(path, **model_cfg_overrides):
             cfg[key] = int(stored.shape[1])
     model = VAST(cfg)
     load_weights(model, state, str(checkpoint))
+    if precision == "run":
+        model.run_precision = run_precision(path)
     return model.eval()

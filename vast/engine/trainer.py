@@ -29,37 +29,13 @@ from vast.evaluation.qa import submission as qa_submission
 from vast.evaluation.retrieval import evaluate_retrieval
 from vast.models.build import build_model
 from vast.objectives import LossConfig, VastTask
+from vast.precision import autocast_context, autocast_dtype
 from vast.tasks import TaskType
 
 logger = logging.getLogger("vast")
 
 MAX_NONFINITE_STEPS = 5
 EVALUATORS = {TaskType.RETRIEVAL: evaluate_retrieval, TaskType.CAPTION: evaluate_captioning, TaskType.QA: evaluate_qa}
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX): elsewhere bf16
-    is emulated and slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(run_cfg, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype where the device supports it, None for fp32. CUDA: fp16, or bf16 when asked
-    and supported. CPU: bf16 when asked and the CPU has it natively (fp16 is not offered), else fp32."""
-    if device.type == "cuda" and (run_cfg.fp16 or run_cfg.bf16):
-        return torch.bfloat16 if run_cfg.bf16 and torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and run_cfg.bf16 and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def autocast_context(run_cfg, device: torch.device):
-    dtype = autocast_dtype(run_cfg, device)
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from contextlib import nullcontext
 
 import torch
 
+from vast.precision import autocast_context
 from vast.models.generation import GenerationConfig, answer_generation_config, caption_generation_config
 from vast.tasks import ModalityGroup
 
@@ -31,6 +33,13 @@ def _group(group: str | ModalityGroup) -> ModalityGroup:
 
 
 class InferenceMixin:
+    # The run's precision settings (fp16, bf16) when loaded with `load_model(..., precision="run")`:
+    # then every method runs under the autocast the run's evaluation used; None = float32.
+    run_precision = None
+
+    def _autocast(self):
+        return nullcontext() if self.run_precision is None else autocast_context(self.run_precision, self.device)
+
     def load_clips(self, vision_paths=None, audio_paths=None, vision_sample_num: int = 8,
                    audio_sample_num: int = 1, vision_format: str = "video_rawvideo"):
         """Decode media files as evaluation does (middle frame of each segment, middle fbank slice):
@@ -58,29 +67,32 @@ class InferenceMixin:
     @torch.no_grad()
     def embed_text(self, texts: list[str], max_len: int | None = None) -> torch.Tensor:
         """Contrastive text embeddings [N, contra_dim], L2-normalised."""
-        return self.text_features(self.tokenize(list(texts), max_len or self.max_caption_len))
+        with self._autocast():
+            return self.text_features(self.tokenize(list(texts), max_len or self.max_caption_len)).float()
 
     @torch.no_grad()
     def embed(self, group, vision=None, audio=None, subtitles=None) -> torch.Tensor:
         """Contrastive embeddings [B, contra_dim] of clips for a group such as "tv" or "tvas"."""
         group = _group(group)
-        return self.condition_features(self._media(group, vision, audio, subtitles), group)
+        with self._autocast():
+            return self.condition_features(self._media(group, vision, audio, subtitles), group).float()
 
     @torch.no_grad()
     def match(self, texts: list[str], group, vision=None, audio=None, subtitles=None,
               max_len: int | None = None) -> torch.Tensor:
         """Matching-head probabilities [len(texts), B] that text i describes clip j."""
         group = _group(group)
-        memory, memory_mask = self.fusion_memory(self._media(group, vision, audio, subtitles), group)
-        tokens = self.tokenize(list(texts), max_len or self.max_caption_len)
-        n, b = len(texts), memory.shape[0]
-        text_rows = torch.arange(n, device=self.device).repeat_interleave(b)
-        clip_rows = torch.arange(b, device=self.device).repeat(n)
-        scores = []
-        for start in range(0, n * b, MATCH_CHUNK):
-            rows = slice(start, start + MATCH_CHUNK)
-            logits = self.match_logits(tokens[text_rows[rows]], memory, memory_mask, clip_rows[rows])
-            scores.append(logits.float().softmax(dim=-1)[:, 1])
+        with self._autocast():
+            memory, memory_mask = self.fusion_memory(self._media(group, vision, audio, subtitles), group)
+            tokens = self.tokenize(list(texts), max_len or self.max_caption_len)
+            n, b = len(texts), memory.shape[0]
+            text_rows = torch.arange(n, device=self.device).repeat_interleave(b)
+            clip_rows = torch.arange(b, device=self.device).repeat(n)
+            scores = []
+            for start in range(0, n * b, MATCH_CHUNK):
+                rows = slice(start, start + MATCH_CHUNK)
+                logits = self.match_logits(tokens[text_rows[rows]], memory, memory_mask, clip_rows[rows])
+                scores.append(logits.float().softmax(dim=-1)[:, 1])
         return torch.cat(scores).reshape(n, b)
 
     @torch.no_grad()
@@ -91,7 +103,8 @@ class InferenceMixin:
         (1 = greedy) and `max_len` ([SEP] included) override them."""
         group = _group(group)
         config = _with_overrides(caption_generation_config(self.model_cfg), beam_size, max_len)
-        texts = self.generate_text(self._media(group, vision, audio, subtitles), group, config)
+        with self._autocast():
+            texts = self.generate_text(self._media(group, vision, audio, subtitles), group, config)
         return [t[0] for t in texts]
 
     @torch.no_grad()
@@ -100,7 +113,9 @@ class InferenceMixin:
         """One answer per question, decoded as the model's evaluation decodes them (`beam_size_qa`,
         `max_answer_len`); question i is about clip i (give the clip once per question)."""
         group = _group(group)
-        media = self._media(group, vision, audio, subtitles)
         config = _with_overrides(answer_generation_config(self.model_cfg), beam_size, max_len)
         index = torch.arange(len(questions), device=self.device)
-        return [t[0] for t in self.generate_text(media, group, config, questions=list(questions), video_index=index)]
+        with self._autocast():
+            media = self._media(group, vision, audio, subtitles)
+            texts = self.generate_text(media, group, config, questions=list(questions), video_index=index)
+        return [t[0] for t in texts]

@@ -43,7 +43,7 @@ def cmd_embed(args) -> dict:
     frames, clips = _sample_nums(args.model)
     settings = EmbedSettings(frames=args.frames or frames, audio_clips=args.audio_clips or clips,
                              subtitles=args.subtitles, groups=tuple(g for g in args.groups.split(",") if g),
-                             batch_size=args.batch_size, workers=args.workers)
+                             batch_size=args.batch_size, workers=args.workers, precision=args.precision)
     report = embed_folder(args.video_dir, args.model, args.out, settings, progress=None)
     if not args.json:
         print(f"{args.out}: {report.summary()}")
@@ -59,7 +59,7 @@ def cmd_search(args) -> dict:
     from vast.search.query import search
 
     index = SearchIndex.open(Path(args.index))
-    model = load_model(index.model)
+    model = load_model(index.model, precision=index.precision)
     hits = search(model, index, args.query, k=args.k, group=args.group, rerank_k=args.rerank)
     if not args.json:
         for rank, hit in enumerate(hits, 1):
@@ -86,7 +86,7 @@ def _clip_inputs(model, model_path: str, files: list[str], group: str):
 def cmd_caption(args) -> dict:
     from vast.api import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, precision=args.precision)
     group, vision, audio = _clip_inputs(model, args.model, args.files, args.group)
     captions = model.caption(group, vision=vision, audio=audio)
     if not args.json:
@@ -98,7 +98,7 @@ def cmd_caption(args) -> dict:
 def cmd_ask(args) -> dict:
     from vast.api import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, precision=args.precision)
     group, vision, audio = _clip_inputs(model, args.model, [args.file], args.group)
     answer = model.answer([args.question], group, vision=vision, audio=audio)[0]
     if not args.json:
@@ -118,8 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    modelled = argparse.ArgumentParser(add_help=False)
+    modelled.add_argument("--precision", choices=("run", "fp32"), default="run",  # vast.api.PRECISIONS
+                          help="run (default): the autocast the run's evaluation used, so scores and texts equal "
+                               "its evaluation's (bf16 on a CPU only where native); fp32: float32 throughout")
 
-    embed = sub.add_parser("embed", parents=[common], help="embed a folder of videos into a search index")
+    embed = sub.add_parser("embed", parents=[common, modelled], help="embed a folder of videos into a search index")
     embed.add_argument("video_dir")
     embed.add_argument("--model", required=True, help="a run folder (log/hps.json + ckpt/) or a checkpoint file")
     embed.add_argument("--out", required=True, help="the index folder (made, or updated with new and changed files)")
@@ -139,13 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--rerank", type=int, default=50, help="rerank this many candidates with the matching head")
     search.set_defaults(run=cmd_search)
 
-    caption = sub.add_parser("caption", parents=[common], help="caption video files")
+    caption = sub.add_parser("caption", parents=[common, modelled], help="caption video files")
     caption.add_argument("files", nargs="+")
     caption.add_argument("--model", required=True)
     caption.add_argument("--group", default="tv", help="tv, ta or tva")
     caption.set_defaults(run=cmd_caption)
 
-    ask = sub.add_parser("ask", parents=[common], help="answer a question about a video file")
+    ask = sub.add_parser("ask", parents=[common, modelled], help="answer a question about a video file")
     ask.add_argument("file")
     ask.add_argument("question")
     ask.add_argument("--model", required=True)

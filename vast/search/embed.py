@@ -41,6 +41,7 @@ class EmbedSettings:
     groups: tuple[str, ...] = ()  # () = every group the clips and subtitles allow
     batch_size: int = 8
     workers: int = 2
+    precision: str = "run"  # run: the autocast of the run's evaluation (vast.api.load_model); fp32
 
 
 @dataclass
@@ -182,19 +183,20 @@ def embed_folder(video_dir, model_path, out_dir, settings: EmbedSettings | None 
     settings = settings or EmbedSettings()
     out_dir = Path(out_dir)
     clips = list_clips(Path(video_dir))
-    model = load_model(model_path)
+    model = load_model(model_path, precision=settings.precision)
     if torch.cuda.is_available():
         model = model.cuda()
     groups = list(settings.groups) or default_groups(model, settings.subtitles != "none")
     for name in groups:
         ModalityGroup.parse(name)
-    index_settings = {"frames": settings.frames, "audio_clips": settings.audio_clips, "subtitles": settings.subtitles}
+    index_settings = {"frames": settings.frames, "audio_clips": settings.audio_clips, "subtitles": settings.subtitles,
+                      "precision": settings.precision}
     if (out_dir / "index.json").is_file():
         index = SearchIndex.open(out_dir)
         if index.settings != index_settings or index.groups != groups or index.model != str(model_path):
             raise DataError(f"{out_dir}: made with other settings ({index.model}, {index.groups}, {index.settings}); "
-                            "embed into a new folder, or give the same --model, --groups, --frames, --audio_clips "
-                            "and --subtitles")
+                            "embed into a new folder, or give the same --model, --groups, --frames, --audio_clips, "
+                            "--subtitles and --precision")
     else:
         index = SearchIndex.create(out_dir, str(model_path), groups, index_settings)
 

@@ -106,6 +106,11 @@ class SearchIndex:
         self._features.clear()
         self._graphs.clear()
 
+    @property
+    def precision(self) -> str:
+        """The model precision the clips were embedded with (queries and reranking use the same)."""
+        return self.settings.get("precision", "fp32")
+
     def features(self, group: str) -> tuple[list[str], torch.Tensor]:
         """The ids and float32 features [N, D] of every clip embedded for `group`, in clip-table order
         (read once per SearchIndex: a server searches the matrix in memory)."""

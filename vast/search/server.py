@@ -128,7 +128,7 @@ def load_for_serving(folder: Path):
 
     index = SearchIndex.open(folder)
     try:
-        model = load_model(index.model)
+        model = load_model(index.model, precision=index.precision)
     except VastError as error:
         raise VastError(f"{folder}: the index's model {index.model} cannot be loaded ({error})") from None
     return index, model
