@@ -8,6 +8,7 @@ config/vast/demo/.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -183,6 +184,18 @@ def generation_table(caption_records, qa_records, caption_base, qa_base) -> list
     return lines
 
 
+def _subtitle_table(data_dir: Path, target: Path) -> Path:
+    """{clip id: subtitle} of every annotated demo clip, so the search index has the subtitle groups
+    (tvs, tvas) the retrieval demo was fine-tuned on."""
+    table = {}
+    for name in ("ret_train.json", "ret_test.json"):
+        for row in read_json(data_dir / "annotations" / name, name):
+            table[row["video_id"]] = row["subtitle"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(table, ensure_ascii=False), encoding="utf-8")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=str(PROJECT_ROOT / "datasets" / "demo"))
@@ -235,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in generation_table(results["caption-demo"], results["qa-demo"], caption_base, qa_base):
             print("  " + line)
         out = Path(args.output_dir)
+        subtitles = _subtitle_table(Path(args.data_dir), out / "search-subtitles.json")
         print("\nbrowse the demo clips with the fine-tuned retrieval model (in the project's environment, e.g. after "
               "source .venv/bin/activate; then open http://127.0.0.1:8000/):")
-        print(f"  vast embed {Path(args.data_dir) / 'videos'} --model {out / 'retrieval-demo'} "
+        print(f"  vast embed {Path(args.data_dir) / 'videos'} --model {out / 'retrieval-demo'} --subtitles {subtitles} "
               f"--out {out / 'search-index'} && vast serve {out / 'search-index'}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
