@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_loading import corpus  # noqa: E402  (the bench's demo corpus, built once)
 
 from vast.config import PROJECT_ROOT, load_config  # noqa: E402
+from vast.demo import subtitle_table  # noqa: E402
 from vast.models.checkpoints import atomic_save  # noqa: E402
 from vast.search import embed as embed_module  # noqa: E402
 from vast.search.embed import EmbedSettings, embed_folder  # noqa: E402
@@ -70,16 +71,6 @@ def random_run(folder: Path) -> Path:
     return folder
 
 
-def subtitle_file(data: Path, out: Path) -> Path:
-    """{clip id: subtitle} for every annotated clip of the corpus."""
-    table = {}
-    for name in ("ret_train.json", "ret_test.json"):
-        for row in json.loads((data / "annotations" / name).read_text()):
-            table[row["video_id"]] = row["subtitle"]
-    out.write_text(json.dumps(table))
-    return out
-
-
 def test_clip_folder(data: Path, out: Path) -> tuple[Path, list[dict]]:
     rows = json.loads((data / "annotations" / "ret_test.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +86,7 @@ def bench_embed(args, data: Path, model: Path, scratch: Path) -> None:
 
     videos = data / "videos"
     clips = sorted(videos.glob("*.mp4"))
-    subtitles = subtitle_file(data, scratch / "subtitles.json")
+    subtitles = subtitle_table(data, scratch / "subtitles.json")
     print(f"\n## embed: {len(clips)} demo clips (128x128, 10 fps, 3 s), {args.frames} frames + 1 audio slice, "
           f"batch 8, model {model}")
     for workers in args.workers:

@@ -184,7 +184,7 @@ def generation_table(caption_records, qa_records, caption_base, qa_base) -> list
     return lines
 
 
-def _subtitle_table(data_dir: Path, target: Path) -> Path:
+def subtitle_table(data_dir: Path, target: Path) -> Path:
     """{clip id: subtitle} of every annotated demo clip, so the search index has the subtitle groups
     (tvs, tvas) the retrieval demo was fine-tuned on."""
     table = {}
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in generation_table(results["caption-demo"], results["qa-demo"], caption_base, qa_base):
             print("  " + line)
         out = Path(args.output_dir)
-        subtitles = _subtitle_table(Path(args.data_dir), out / "search-subtitles.json")
+        subtitles = subtitle_table(Path(args.data_dir), out / "search-subtitles.json")
         print("\nbrowse the demo clips with the fine-tuned retrieval model (in the project's environment, e.g. after "
               "source .venv/bin/activate; then open http://127.0.0.1:8000/):")
         print(f"  vast embed {Path(args.data_dir) / 'videos'} --model {out / 'retrieval-demo'} --subtitles {subtitles} "
